@@ -1,0 +1,309 @@
+//! The typed configuration (SPEC §5): parsed strictly from TOML, then validated across fields.
+//!
+//! Loading is two steps. [`Config::parse`] deserializes (unknown keys are errors) and [`Config::validate`] checks
+//! the rules that span fields and fills in each source's preset defaults, so that the value printed by
+//! `hookgate check-config` is the effective configuration. Secrets are not resolved here: the stages that use
+//! them resolve them through [`secret::Env`] when they are built, and name the key when that fails.
+
+pub mod secret;
+mod server;
+mod source;
+mod types;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use server::{
+    redact_url, Admin, Broker, Bucket, LogFormat, Logging, RateLimits, Server, Storage, Tls, DEFAULT_BROKER_URL,
+};
+pub use source::{
+    Auth, BasicCredential, Bearer, ClientCert, Encoding, EventFields, HeaderSecret, Hmac, HmacScheme, Preset, Source,
+};
+pub use types::{Dur, InlineSecret, OneOrMany};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: Server,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub broker: Broker,
+    #[serde(default)]
+    pub storage: Storage,
+    #[serde(default)]
+    pub rate_limits: RateLimits,
+    #[serde(default)]
+    pub logging: Logging,
+    #[serde(default)]
+    pub sources: BTreeMap<String, Source>,
+    /// InstaMed polling (SPEC §8) is not part of this build; the table is refused with that reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pollers: Option<toml::Table>,
+}
+
+/// A configuration mistake: the file, the key and the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: Option<PathBuf>,
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn key(key: &str, reason: impl Into<String>) -> Self {
+        ConfigError { file: None, key: key.to_string(), reason: reason.into() }
+    }
+
+    /// Attaches the file the key was read from.
+    pub fn in_file(mut self, file: &Path) -> Self {
+        self.file = Some(file.to_path_buf());
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{}: ", file.display())?;
+        }
+        if self.key.is_empty() {
+            write!(f, "{}", self.reason)
+        } else {
+            write!(f, "`{}`: {}", self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The margin kept between the answer and a source's `ack_timeout`, so a provider never sees a timeout.
+pub fn ack_margin(ack_timeout: std::time::Duration) -> std::time::Duration {
+    (ack_timeout / 10).clamp(std::time::Duration::from_millis(200), std::time::Duration::from_secs(2))
+}
+
+impl Config {
+    /// Reads, parses and validates a file; every error names the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::key("", format!("cannot read the configuration file: {e}")).in_file(path))?;
+        Config::parse(&text).and_then(Config::validate).map_err(|e| e.in_file(path))
+    }
+
+    /// Deserializes TOML text; unknown keys and wrong types are errors naming the key.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            let reason = e.message().to_string();
+            let at = e.span().map(|span| line_of(text, span.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
+            ConfigError::key(&key_at(text, e.span()), format!("{reason}{at}"))
+        })
+    }
+
+    /// Checks rules across fields and fills in preset defaults.
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
+        if self.pollers.is_some() {
+            return Err(ConfigError::key("pollers", "InstaMed polling is not available in this build"));
+        }
+        self.validate_broker()?;
+        self.validate_limits()?;
+        if self.sources.is_empty() {
+            return Err(ConfigError::key("sources", "no source is configured; add a [sources.NAME] table"));
+        }
+        let mut paths = HashSet::new();
+        let client_ca = self.server.tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        let publish_timeout = self.broker.publish_timeout.0;
+        for (name, source) in &mut self.sources {
+            validate_source(name, source, client_ca, publish_timeout)?;
+            let path = source.path.clone().unwrap_or_default();
+            if !paths.insert(path.clone()) {
+                return Err(ConfigError::key(
+                    &format!("sources.{name}.path"),
+                    format!("{path} is used by another source"),
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.logging.level)
+            .map_err(|e| ConfigError::key("logging.level", format!("not a valid filter directive: {e}")))?;
+        Ok(self)
+    }
+
+    fn validate_broker(&self) -> Result<(), ConfigError> {
+        if self.broker.url.is_some() && self.broker.url_env.is_some() {
+            return Err(ConfigError::key("broker.url", "give either `url` or `url_env`, not both"));
+        }
+        if let Some(url) = &self.broker.url {
+            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+                return Err(ConfigError::key("broker.url", "must start with amqp:// or amqps://"));
+            }
+        }
+        if self.broker.exchange.is_empty() {
+            return Err(ConfigError::key("broker.exchange", "must not be empty"));
+        }
+        if self.broker.publish_timeout.0.is_zero() {
+            return Err(ConfigError::key("broker.publish_timeout", "must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.max_connections == 0 {
+            return Err(ConfigError::key("server.max_connections", "must be at least 1"));
+        }
+        if s.max_header_bytes < 1024 {
+            return Err(ConfigError::key("server.max_header_bytes", "must be at least 1024"));
+        }
+        for (key, d) in [
+            ("server.tls_handshake_timeout", s.tls_handshake_timeout),
+            ("server.header_read_timeout", s.header_read_timeout),
+            ("server.body_read_timeout", s.body_read_timeout),
+            ("server.drain_timeout", s.drain_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(ConfigError::key(key, "must be greater than zero"));
+            }
+        }
+        for (key, b) in
+            [("rate_limits.global", self.rate_limits.global), ("rate_limits.per_client", self.rate_limits.per_client)]
+        {
+            validate_bucket(key, b)?;
+        }
+        Ok(())
+    }
+
+    /// The broker URL, from `url`, from the variable named by `url_env`, or the local default.
+    pub fn broker_url(&self, env: &dyn secret::Env) -> Result<String, ConfigError> {
+        match (&self.broker.url, &self.broker.url_env) {
+            (Some(url), _) => Ok(url.clone()),
+            (None, Some(name)) => env
+                .var(name)
+                .ok_or_else(|| ConfigError::key("broker.url_env", format!("environment variable {name} is not set"))),
+            (None, None) => Ok(DEFAULT_BROKER_URL.to_string()),
+        }
+    }
+
+    /// The effective configuration as TOML, every secret redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
+    }
+}
+
+fn validate_bucket(key: &str, b: Bucket) -> Result<(), ConfigError> {
+    if b.per_second == 0 || b.burst == 0 {
+        return Err(ConfigError::key(key, "per_second and burst must both be at least 1"));
+    }
+    Ok(())
+}
+
+const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
+
+fn validate_source(
+    name: &str,
+    s: &mut Source,
+    client_ca: bool,
+    publish_timeout: std::time::Duration,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("sources.{name}.{k}");
+    if name.is_empty()
+        || name.len() > 64
+        || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(ConfigError::key(
+            &format!("sources.{name}"),
+            "a source name is 1 to 64 characters of a-z, 0-9, '-' and '_'",
+        ));
+    }
+    let path = s.path.get_or_insert_with(|| format!("/webhooks/{name}")).clone();
+    crate::router::PathPattern::parse(&path).map_err(|reason| ConfigError::key(&key("path"), reason))?;
+    let methods = s.methods.get_or_insert_with(|| s.preset.default_methods());
+    if methods.is_empty() {
+        return Err(ConfigError::key(&key("methods"), "list at least one method"));
+    }
+    for m in methods.iter_mut() {
+        m.make_ascii_uppercase();
+        if !METHODS.contains(&m.as_str()) {
+            return Err(ConfigError::key(&key("methods"), format!("{m} is not one of {}", METHODS.join(", "))));
+        }
+    }
+    let ack = *s.ack_timeout.get_or_insert(s.preset.default_ack_timeout());
+    if ack.0 < std::time::Duration::from_secs(1) || ack.0 > std::time::Duration::from_secs(300) {
+        return Err(ConfigError::key(&key("ack_timeout"), "must be between 1s and 5m"));
+    }
+    if publish_timeout + ack_margin(ack.0) >= ack.0 {
+        return Err(ConfigError::key(
+            &key("ack_timeout"),
+            format!("must leave room for broker.publish_timeout ({:?}) plus a margin", types::Dur(publish_timeout)),
+        ));
+    }
+    let status = *s.retry_status.get_or_insert(s.preset.default_retry_status());
+    if !(500..=599).contains(&status) {
+        return Err(ConfigError::key(&key("retry_status"), "must be a 5xx status (one that makes the provider retry)"));
+    }
+    if s.max_body_bytes == 0 {
+        return Err(ConfigError::key(&key("max_body_bytes"), "must be at least 1"));
+    }
+    if s.dedup_window.0.is_zero() {
+        return Err(ConfigError::key(&key("dedup_window"), "must be greater than zero"));
+    }
+    if let Some(b) = s.rate_limit {
+        validate_bucket(&key("rate_limit"), b)?;
+    }
+    if let Some(ids) = &s.event.id {
+        if ids.is_empty() {
+            return Err(ConfigError::key(&key("event.id"), "list at least one field name"));
+        }
+    }
+    match (s.auth.is_empty(), s.unauthenticated) {
+        (true, false) => {
+            return Err(ConfigError::key(
+                &key("auth"),
+                "no authentication method is configured; add one or set `unauthenticated = true`",
+            ))
+        }
+        (false, true) => {
+            return Err(ConfigError::key(
+                &key("unauthenticated"),
+                "is true but auth methods are configured; remove one",
+            ))
+        }
+        _ => {}
+    }
+    if s.auth.client_cert.is_some() && !client_ca {
+        return Err(ConfigError::key(
+            &key("auth.client_cert"),
+            "needs server.tls.client_ca to verify client certificates",
+        ));
+    }
+    Ok(())
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).map(|t| t.matches('\n').count() + 1).unwrap_or(1)
+}
+
+/// Best-effort dotted key at an error span: the table header above it plus the key on that line.
+fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else { return String::new() };
+    let before = text.get(..span.start).unwrap_or("");
+    let table = before.lines().rev().find_map(|l| {
+        l.trim().strip_prefix('[').map(|h| h.trim_start_matches('[').split(']').next().unwrap_or("").trim().to_string())
+    });
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text.get(line_start..).and_then(|l| l.lines().next()).unwrap_or("");
+    let key = line.split('=').next().map(str::trim).filter(|k| !k.starts_with('[') && !k.is_empty());
+    match (table, key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (Some(t), None) => t,
+        (None, Some(k)) => k.to_string(),
+        (None, None) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

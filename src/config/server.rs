@@ -1,0 +1,251 @@
+//! `[server]`, `[admin]`, `[broker]`, `[storage]`, `[rate_limits]` and `[logging]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use super::types::Dur;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Server {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Absent: plain HTTP, for development only (logged loudly at start).
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    #[serde(default = "default_10s")]
+    pub tls_handshake_timeout: Dur,
+    #[serde(default = "default_10s")]
+    pub header_read_timeout: Dur,
+    #[serde(default = "default_10s")]
+    pub body_read_timeout: Dur,
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "default_20s")]
+    pub drain_timeout: Dur,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            listen: default_listen(),
+            tls: None,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            max_connections: default_max_connections(),
+            tls_handshake_timeout: default_10s(),
+            header_read_timeout: default_10s(),
+            body_read_timeout: default_10s(),
+            max_header_bytes: default_max_header_bytes(),
+            drain_timeout: default_20s(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Enables client-certificate verification (optional at the handshake; sources decide).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { listen: default_admin_listen() }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broker {
+    /// The AMQP URL; it may hold a password, so it is printed with the password redacted.
+    #[serde(serialize_with = "serialize_url", skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    #[serde(default = "default_true")]
+    pub declare_exchange: bool,
+    #[serde(default = "default_publish_timeout")]
+    pub publish_timeout: Dur,
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker {
+            url: None,
+            url_env: None,
+            exchange: default_exchange(),
+            declare_exchange: true,
+            publish_timeout: default_publish_timeout(),
+        }
+    }
+}
+
+/// The default broker URL when neither `url` nor `url_env` is given.
+pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Replaces the password of `scheme://user:password@host` with `<redacted>`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_string(),
+    }
+}
+
+fn serialize_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => s.serialize_str(&redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `redis://` URL of the dedup and order state shared by replicas.
+    #[serde(serialize_with = "serialize_url", skip_serializing_if = "Option::is_none", default)]
+    pub shared: Option<String>,
+    pub spool_key_file: Option<PathBuf>,
+    pub spool_key_env: Option<String>,
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Storage {
+            data_dir: default_data_dir(),
+            shared: None,
+            spool_key_file: None,
+            spool_key_env: None,
+            spool_max_bytes: default_spool_max_bytes(),
+        }
+    }
+}
+
+/// A token bucket: `per_second` refills, `burst` is the bucket size.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bucket {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    #[serde(default = "default_global_bucket")]
+    pub global: Bucket,
+    #[serde(default = "default_client_bucket")]
+    pub per_client: Bucket,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits { global: default_global_bucket(), per_client: default_client_bucket() }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logging {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// An `EnvFilter` directive; `RUST_LOG` overrides it.
+    #[serde(default = "default_level")]
+    pub level: String,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Logging { format: LogFormat::Json, level: default_level() }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_10s() -> Dur {
+    Dur::secs(10)
+}
+fn default_20s() -> Dur {
+    Dur::secs(20)
+}
+fn default_max_header_bytes() -> usize {
+    16_384
+}
+fn default_exchange() -> String {
+    "hookgate".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_publish_timeout() -> Dur {
+    Dur::secs(2)
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+fn default_global_bucket() -> Bucket {
+    Bucket { per_second: 20_000, burst: 40_000 }
+}
+fn default_client_bucket() -> Bucket {
+    Bucket { per_second: 1_000, burst: 2_000 }
+}
+fn default_level() -> String {
+    "info".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn url_password_is_redacted() {
+        assert_eq!(redact_url("amqp://guest:pw@h:5672/%2f"), "amqp://guest:<redacted>@h:5672/%2f");
+        assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
+    }
+}

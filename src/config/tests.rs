@@ -1,0 +1,110 @@
+use super::*;
+
+fn example() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/hookgate.example.toml")).unwrap()
+}
+
+fn err(text: &str) -> String {
+    Config::parse(text).and_then(Config::validate).unwrap_err().to_string()
+}
+
+const MINIMAL: &str = "[sources.a]\npreset = \"generic\"\nunauthenticated = true\n";
+
+#[test]
+fn the_example_parses_and_validates() {
+    let cfg = Config::parse(&example()).and_then(Config::validate).unwrap();
+    assert_eq!(cfg.sources.len(), 7);
+    let tyro = &cfg.sources["tyro"];
+    assert_eq!(tyro.retry_status, Some(500));
+    assert_eq!(tyro.methods.as_deref().unwrap(), ["POST", "GET", "PUT", "DELETE"]);
+    assert_eq!(cfg.sources["instamed"].ack_timeout, Some(Dur::secs(20)));
+    assert_eq!(cfg.sources["billing"].ack_timeout, Some(Dur::secs(10)));
+    assert_eq!(cfg.sources["billing"].path.as_deref(), Some("/webhooks/billing"));
+}
+
+#[test]
+fn the_dev_config_validates() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/dev.toml")).unwrap();
+    let cfg = Config::parse(&text).and_then(Config::validate).unwrap();
+    crate::source::build_all(&cfg, &std::collections::HashMap::new()).unwrap();
+}
+
+#[test]
+fn defaults_match_the_spec() {
+    let cfg = Config::parse(MINIMAL).and_then(Config::validate).unwrap();
+    assert_eq!(cfg.server.listen.to_string(), "0.0.0.0:8443");
+    assert_eq!(cfg.admin.listen.to_string(), "127.0.0.1:9090");
+    assert_eq!(cfg.broker.exchange, "hookgate");
+    assert_eq!(cfg.broker.publish_timeout, Dur::secs(2));
+    assert_eq!(cfg.server.max_connections, 10_000);
+    assert_eq!(cfg.server.max_header_bytes, 16_384);
+    assert_eq!(cfg.server.drain_timeout, Dur::secs(20));
+    assert_eq!(cfg.storage.spool_max_bytes, 1 << 30);
+    let a = &cfg.sources["a"];
+    assert_eq!((a.dedup_window, a.max_body_bytes, a.retry_status), (Dur::secs(72 * 3600), 1_048_576, Some(503)));
+    assert_eq!(cfg.rate_limits.per_client.burst, 2000);
+}
+
+#[test]
+fn unknown_keys_name_the_key_and_line() {
+    let e = err("[server]\nlisten = \"0.0.0.0:1\"\nlisen = \"x\"\n");
+    assert!(e.contains("server.lisen") && e.contains("unknown field `lisen`") && e.contains("line 3"), "{e}");
+    let e = err(&format!("{MINIMAL}[sources.a.auth]\nbasci = []\n"));
+    assert!(e.contains("unknown field `basci`"), "{e}");
+}
+
+#[test]
+fn each_kind_of_mistake_is_explained() {
+    let cases = [
+        ("[sources.a]\npreset = \"paypal\"\nunauthenticated = true\n", "unknown variant `paypal`"),
+        ("[sources.a]\npreset = \"generic\"\n", "`sources.a.auth`: no authentication method"),
+        ("[sources.a]\npreset = \"generic\"\nunauthenticated = true\nack_timeout = \"20\"\n", "invalid duration"),
+        ("[sources.a]\npreset = \"generic\"\nunauthenticated = true\nretry_status = 404\n", "`sources.a.retry_status`"),
+        ("[sources.a]\npreset = \"generic\"\nunauthenticated = true\npath = \"x\"\n", "`sources.a.path`"),
+        ("[sources.a]\npreset = \"generic\"\nunauthenticated = true\nmethods = [\"FETCH\"]\n", "FETCH is not one of"),
+        ("[sources.A]\npreset = \"generic\"\nunauthenticated = true\n", "a source name"),
+        ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
+        ("[broker]\nurl = \"http://x\"\n", "`broker.url`: must start with amqp://"),
+        ("", "`sources`: no source is configured"),
+        ("[pollers.instamed]\nsource = \"a\"\n", "`pollers`"),
+        ("[logging]\nlevel = \"[[\"\n", "`logging.level`"),
+    ];
+    for (text, expected) in cases {
+        let text =
+            if text.contains("[sources") || text.is_empty() { text.to_string() } else { format!("{text}{MINIMAL}") };
+        let e = err(&text);
+        assert!(e.contains(expected), "{text:?}: {e}");
+    }
+    let e =
+        err(&format!("[sources.b]\npreset = \"generic\"\nunauthenticated = true\npath = \"/webhooks/a\"\n{MINIMAL}"));
+    assert!(e.contains("is used by another source"), "{e}");
+    let e =
+        err("[sources.a]\npreset = \"generic\"\nack_timeout = \"2s\"\n[sources.a.auth]\nip_allow = [\"10.0.0.0/8\"]\n");
+    assert!(e.contains("`sources.a.ack_timeout`: must leave room for broker.publish_timeout"), "{e}");
+    let e = err("[sources.a]\npreset = \"generic\"\n[sources.a.auth]\nclient_cert = { subjects = [] }\n");
+    assert!(e.contains("needs server.tls.client_ca"), "{e}");
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[server]\nnope = 1\n").unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(e.starts_with(&path.display().to_string()) && e.contains("server.nope"), "{e}");
+    let e = Config::load(&dir.path().join("missing.toml")).unwrap_err().to_string();
+    assert!(e.contains("missing.toml") && e.contains("cannot read"), "{e}");
+}
+
+#[test]
+fn check_config_output_redacts_secrets() {
+    let text = "[broker]\nurl = \"amqp://u:brokerpw@h/%2f\"\n[sources.a]\npreset = \"generic\"\n[sources.a.auth]\nbasic = [{ username = \"u\", password = \"hunter2\" }]\nheaders = { k = { value = \"hdrsecret\" } }\n";
+    let cfg = Config::parse(text).and_then(Config::validate).unwrap();
+    let out = cfg.to_redacted_toml();
+    for secret in ["brokerpw", "hunter2", "hdrsecret"] {
+        assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+    }
+    assert!(out.contains("<redacted>") && out.contains("path = \"/webhooks/a\""), "{out}");
+    // The printed configuration is itself a valid configuration.
+    Config::parse(&out).unwrap();
+}

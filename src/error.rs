@@ -1,0 +1,74 @@
+//! `PipelineError`: every way a delivery can fail, classified by who is at fault and whether a retry helps.
+
+use crate::auth::AuthError;
+use crate::parse::ParseError;
+use crate::publish::PublishError;
+
+/// Who is at fault, and what the provider should do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// 4xx: the delivery itself is wrong; a retry of the same bytes will fail again.
+    Client,
+    /// 429: slow down and retry.
+    RateLimited,
+    /// The source's `retry_status` (503, or 500 for Tyro): not stored; the provider retries.
+    Unavailable,
+    /// 500: a defect of ours.
+    Internal,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("no source at this path")]
+    NotFound,
+    #[error("method not allowed for the source")]
+    MethodNotAllowed { allow: String },
+    #[error("body over the source's limit")]
+    TooLarge,
+    #[error("body not received in time")]
+    BodyTimeout,
+    #[error("request framing is ambiguous")]
+    BadFraming,
+    #[error("could not read the request body")]
+    BodyRead,
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("rate limited")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("event not stored: {0}")]
+    Unavailable(#[from] PublishError),
+    #[error("the answer deadline passed before the event was stored")]
+    Deadline,
+    #[error("an identical delivery is still being stored")]
+    InFlight,
+}
+
+impl PipelineError {
+    pub fn class(&self) -> Class {
+        match self {
+            PipelineError::RateLimited { .. } => Class::RateLimited,
+            PipelineError::Unavailable(_) | PipelineError::Deadline | PipelineError::InFlight => Class::Unavailable,
+            _ => Class::Client,
+        }
+    }
+
+    /// The closed set of `reason` label values of `hookgate_posting_errors_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PipelineError::NotFound => "not_found",
+            PipelineError::MethodNotAllowed { .. } => "method_not_allowed",
+            PipelineError::TooLarge => "too_large",
+            PipelineError::BodyTimeout => "timeout",
+            PipelineError::BadFraming | PipelineError::BodyRead => "malformed",
+            PipelineError::Parse(ParseError::UnsupportedMediaType) => "unsupported_media_type",
+            PipelineError::Parse(ParseError::Malformed(..)) => "malformed",
+            PipelineError::Auth(AuthError::Unauthorized { .. }) => "auth",
+            PipelineError::Auth(AuthError::Forbidden { .. }) => "forbidden",
+            PipelineError::RateLimited { .. } => "rate_limited",
+            PipelineError::Unavailable(PublishError::Returned) => "unroutable",
+            PipelineError::Unavailable(_) | PipelineError::Deadline | PipelineError::InFlight => "unavailable",
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! hookgate: a reliable webhook fan-out gateway.
+//!
+//! Providers (InstaMed, Tyro Health, a prepaid-card processor, Standard Webhooks senders) post events; hookgate
+//! authenticates each delivery by its source's rules, answers only once the event is durable (confirmed by
+//! RabbitMQ), drops provider retries, and publishes every event once to a topic exchange as a CloudEvent.
+//!
+//! # Layout
+//!
+//! Request path, in order:
+//!
+//! - [`tls`]: rustls server config — chain, key, optional client-CA verifier, ALPN.
+//! - [`listener`]: accept loop, connection cap, TLS handshake timeout, hyper HTTP/1.1 + HTTP/2, drain.
+//! - [`http`]: the per-connection hyper service; body reading under a byte cap and a time limit.
+//! - [`pipeline`]: calls the stages below in order for one request; no other logic.
+//! - [`router`]: (method, path) → configured [`source::Source`]; path parameters.
+//! - [`auth`]: `Unverified` → `Authenticated`; one check per method in `auth/`.
+//! - [`parse`]: content type → payload; JSON, XML, NVP with size and depth limits.
+//! - [`normalize`]: payload → event id, type, subject, time, rank; one preset per provider. Pure.
+//! - [`event`]: the event envelope.
+//! - [`dedup`]: the idempotency index — claim, complete, release.
+//! - [`publish`]: lapin connection supervisor, confirm channel pool, the CloudEvents AMQP message; the [`publish::Sink`]
+//!   trait the spool will wrap.
+//! - [`respond`]: the one mapping from outcome to HTTP status and reason phrase.
+//!
+//! Cross-cutting: [`config`] (typed, strict, validated), [`source`] (a source built from config, secrets
+//! resolved), [`error`] (classification), [`metrics`] (every family; the admin listener), [`telemetry`],
+//! [`shutdown`].
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod dedup;
+pub mod error;
+pub mod event;
+pub mod http;
+pub mod listener;
+pub mod metrics;
+pub mod normalize;
+pub mod parse;
+pub mod pipeline;
+pub mod publish;
+pub mod respond;
+pub mod router;
+pub mod shutdown;
+pub mod source;
+pub mod telemetry;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{secret::Env, Config};
+use crate::metrics::{Metrics, Readiness};
+use crate::pipeline::Gateway;
+use crate::publish::{Publisher, Sink};
+
+/// Confirm channels per broker connection.
+const CONFIRM_CHANNELS: usize = 4;
+
+/// Sockets the gateway serves on (bound by the caller, so tests can use port 0).
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds the addresses of `[server] listen` and `[admin] listen`.
+    ///
+    /// # Errors
+    /// When either address cannot be bound.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let public = TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on server.listen {}", config.server.listen))?;
+        let admin = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("cannot listen on admin.listen {}", config.admin.listen))?;
+        Ok(Listeners { public, admin })
+    }
+}
+
+/// A running gateway.
+pub struct App {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+}
+
+impl App {
+    /// Builds every stage from a validated config (resolving secrets through `env`) and starts serving.
+    ///
+    /// # Errors
+    /// A configuration problem found while building (a secret or certificate that cannot be loaded).
+    pub async fn start(
+        config: &Config,
+        env: &dyn Env,
+        listeners: Listeners,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<App> {
+        let sources = source::build_all(config, env)?;
+        let tls = match &config.server.tls {
+            Some(tls) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls)?)),
+            None => {
+                tracing::warn!(
+                    "server.tls is not configured: serving PLAIN HTTP. Development only — never expose this"
+                );
+                None
+            }
+        };
+        let metrics = Metrics::new();
+        let settings = publish::Settings {
+            url: config.broker_url(env)?,
+            exchange: config.broker.exchange.clone(),
+            declare_exchange: config.broker.declare_exchange,
+            publish_timeout: config.broker.publish_timeout.0,
+            channels: CONFIRM_CHANNELS,
+        };
+        // Stopped only after the listener has drained, so in-flight requests still get their confirms.
+        let after_drain = CancellationToken::new();
+        let (publisher, publisher_task) = Publisher::start(settings, metrics.clone(), after_drain.clone());
+        let sink: Arc<dyn Sink> = Arc::new(publisher);
+        let router = router::Router::new(sources);
+        for s in router.sources() {
+            tracing::info!(source = %s.name, preset = %s.preset, methods = ?s.verifier.methods(), "source configured");
+        }
+        let gateway = Arc::new(Gateway::new(router, sink.clone(), metrics.clone(), config.server.body_read_timeout.0));
+        let ready_sink = sink.clone();
+        let readiness =
+            Arc::new(Readiness { store_ready: Some(Arc::new(move || ready_sink.ready())), ..Readiness::default() });
+        let public_addr = listeners.public.local_addr()?;
+        let admin_addr = listeners.admin.local_addr()?;
+        let limits = listener::Limits {
+            max_connections: config.server.max_connections,
+            tls_handshake_timeout: config.server.tls_handshake_timeout.0,
+            header_read_timeout: config.server.header_read_timeout.0,
+            max_header_bytes: config.server.max_header_bytes,
+            drain_timeout: config.server.drain_timeout.0,
+        };
+        // Shutdown order: /readyz turns 503 and the listener stops accepting at once; when every in-flight request
+        // is answered (or drain_timeout passes), the publisher closes AMQP and the admin listener stops.
+        let serve_task = tokio::spawn({
+            let (gateway, metrics, shutdown, after_drain, readiness) =
+                (gateway.clone(), metrics.clone(), shutdown.clone(), after_drain.clone(), readiness.clone());
+            async move {
+                let draining = {
+                    let (shutdown, readiness) = (shutdown.clone(), readiness.clone());
+                    tokio::spawn(async move {
+                        shutdown.cancelled().await;
+                        readiness.draining.store(true, Ordering::Release);
+                    })
+                };
+                listener::serve(listeners.public, tls, gateway, limits, metrics, shutdown).await;
+                draining.abort();
+                readiness.draining.store(true, Ordering::Release);
+                after_drain.cancel();
+            }
+        });
+        let admin_task = tokio::spawn(metrics::serve_admin(
+            listeners.admin,
+            metrics.clone(),
+            readiness.clone(),
+            after_drain.clone(),
+        ));
+        readiness.listener_up.store(true, Ordering::Release);
+        let purge_task = tokio::spawn(purge_loop(gateway, after_drain));
+        tracing::info!(public = %public_addr, admin = %admin_addr, tls = config.server.tls.is_some(), "hookgate serving");
+        Ok(App {
+            public_addr,
+            admin_addr,
+            metrics,
+            shutdown,
+            tasks: vec![
+                ("listener", serve_task),
+                ("publisher", publisher_task),
+                ("admin", admin_task),
+                ("purge", purge_task),
+            ],
+        })
+    }
+
+    /// Waits until every task has finished (after `shutdown` is cancelled). A task that panicked is an error.
+    ///
+    /// # Errors
+    /// The name of a task that did not end cleanly.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        let mut failed = None;
+        for (name, task) in self.tasks {
+            if task.await.is_err() {
+                failed.get_or_insert(name);
+            }
+        }
+        match failed {
+            Some(name) => anyhow::bail!("the {name} task failed"),
+            None => Ok(()),
+        }
+    }
+}
+
+async fn purge_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => gateway.dedup.purge(),
+            () = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The public accept loop: a connection cap taken *before* accepting (past it, new connections wait in the
+//! kernel backlog), one task per connection, the TLS handshake inside that task under a timeout, hyper's
+//! HTTP/1.1 and HTTP/2 with its timer installed (so `header_read_timeout` is real), and a graceful drain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Peer;
+use crate::http::service;
+use crate::metrics::Metrics;
+use crate::pipeline::Gateway;
+
+/// Connection-level limits (SPEC §5, `[server]`).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub tls_handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub drain_timeout: Duration,
+}
+
+/// Serves the public listener until `shutdown`, then drains: stop accepting, ask every connection to finish its
+/// in-flight requests, and wait for them up to `drain_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    limits: Limits,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(conn) => conn,
+                Err(error) => {
+                    // Usually EMFILE/ENFILE: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            Connection { tls: tls.clone(), gateway: gateway.clone(), limits: limits.clone(), metrics: metrics.clone() };
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            conn.metrics.open_connections.inc();
+            conn.run(stream, addr, watcher).await;
+            conn.metrics.open_connections.dec();
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!("drain timeout passed with connections still open");
+    }
+}
+
+struct Connection {
+    tls: Option<TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    limits: Limits,
+    metrics: Metrics,
+}
+
+impl Connection {
+    async fn run(&self, stream: TcpStream, addr: std::net::SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+        let builder = self.builder();
+        match &self.tls {
+            None => {
+                let svc = service(self.gateway.clone(), Peer::plain(addr));
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
+            Some(acceptor) => {
+                let tls = match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(error)) => {
+                        self.metrics.tls_handshake_failures.with_label_values(&["error"]).inc();
+                        tracing::debug!(%error, peer = %addr, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        self.metrics.tls_handshake_failures.with_label_values(&["timeout"]).inc();
+                        tracing::debug!(peer = %addr, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let certs = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
+                let peer = Peer { addr, client_certs: certs };
+                let svc = service(self.gateway.clone(), peer);
+                let conn = builder.serve_connection(TokioIo::new(tls), svc);
+                let _ = watcher.watch(conn.into_owned()).await;
+            }
+        }
+    }
+
+    fn builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_read_timeout)
+            .max_buf_size(self.limits.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(self.limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(256);
+        builder
+    }
+}

@@ -1,0 +1,113 @@
+//! The `hookgate` binary: parse arguments, load and validate the config (exit 64 on a mistake), start the
+//! gateway, wait for a signal, drain, exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use hookgate::config::{secret::ProcessEnv, Config};
+use tokio_util::sync::CancellationToken;
+
+/// Exit code for bad configuration or usage (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "hookgate", version, about = "Reliable webhook fan-out gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The configuration file (for the default `run` command).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and print it with every secret redacted.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    let Some(path) = cli.config else {
+        eprintln!("hookgate: --config FILE is required");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hookgate: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => check_config(&config),
+        Command::Run => run(config),
+    }
+}
+
+fn check_config(config: &Config) -> ExitCode {
+    // Building every source resolves its secrets, so a missing variable or file is caught here too.
+    if let Err(e) = hookgate::source::build_all(config, &ProcessEnv).and_then(|_| config.broker_url(&ProcessEnv)) {
+        eprintln!("hookgate: invalid configuration: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    if let Some(tls) = &config.server.tls {
+        if let Err(e) = hookgate::tls::server_config(tls) {
+            eprintln!("hookgate: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    print!("{}", config.to_redacted_toml());
+    ExitCode::SUCCESS
+}
+
+fn run(config: Config) -> ExitCode {
+    hookgate::telemetry::init(&config.logging, std::env::var("RUST_LOG").ok());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let listeners = match hookgate::Listeners::bind(&config).await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "cannot bind");
+                return ExitCode::FAILURE;
+            }
+        };
+        let app = match hookgate::App::start(&config, &ProcessEnv, listeners, shutdown.clone()).await {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "invalid configuration");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
+        hookgate::shutdown::on_signals(shutdown.clone());
+        // Bound the whole drain: drain_timeout for requests plus a little for AMQP to close.
+        let hard_deadline = config.server.drain_timeout.0 + std::time::Duration::from_secs(5);
+        let stopped = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(hard_deadline).await;
+        };
+        tokio::select! {
+            r = app.wait() => match r {
+                Ok(()) => { tracing::info!("hookgate stopped"); ExitCode::SUCCESS }
+                Err(error) => { tracing::error!(%error, "hookgate failed"); ExitCode::FAILURE }
+            },
+            () = stopped => { tracing::error!("drain did not finish in time"); ExitCode::FAILURE }
+        }
+    })
+}

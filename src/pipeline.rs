@@ -1,0 +1,280 @@
+//! The request path, stage by stage, top to bottom. No other logic lives here: each stage is a call into its
+//! module, and every failure is a [`PipelineError`] turned into an answer by `respond.rs`.
+//!
+//! ```text
+//! route → head auth → read body → auth → parse → normalize → dedup claim → store (publish) → respond
+//! ```
+//!
+//! The whole path runs under the source's answer deadline (`ack_timeout` minus a margin): whatever the broker
+//! or the client does, the provider gets an answer before its own timeout.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::time::Instant;
+
+use crate::auth::{Authenticated, Peer, Unverified};
+use crate::dedup::{Claim, Dedup};
+use crate::error::PipelineError;
+use crate::event::Event;
+use crate::http::read_body;
+use crate::metrics::Metrics;
+use crate::normalize::{EventMeta, Fields};
+use crate::parse::{self, Format, Payload};
+use crate::publish::Sink;
+use crate::respond::{self, Stored};
+use crate::router::{Route, Router};
+use crate::source::Source;
+
+/// Distinct `type` label values kept per source before the rest are counted as `other`.
+const MAX_TYPE_LABELS: usize = 64;
+
+/// Everything the request path needs.
+pub struct Gateway {
+    pub router: Router,
+    pub sink: Arc<dyn Sink>,
+    pub dedup: Dedup,
+    pub metrics: Metrics,
+    pub body_read_timeout: Duration,
+    type_labels: Mutex<HashSet<(Arc<str>, String)>>,
+}
+
+impl Gateway {
+    pub fn new(router: Router, sink: Arc<dyn Sink>, metrics: Metrics, body_read_timeout: Duration) -> Self {
+        Gateway { router, sink, dedup: Dedup::new(), metrics, body_read_timeout, type_labels: Mutex::default() }
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(&self, req: Request<B>, peer: Peer) -> Response<Full<Bytes>>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let started = Instant::now();
+        let request_id = next_request_id();
+        let (source, params) = match self.router.route(req.method(), req.uri().path()) {
+            Route::Matched { source, params } => (source, params),
+            Route::MethodNotAllowed { source } => {
+                let allow = source.methods.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");
+                return self.finish(
+                    Some(&source),
+                    request_id,
+                    None,
+                    started,
+                    Err(PipelineError::MethodNotAllowed { allow }),
+                );
+            }
+            Route::NotFound => return self.finish(None, request_id, None, started, Err(PipelineError::NotFound)),
+        };
+        let deadline = started + source.answer_within();
+        let mut event_id = None;
+        let result =
+            match tokio::time::timeout_at(deadline, self.process(&source, req, peer, params, deadline, &mut event_id))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(PipelineError::Deadline),
+            };
+        self.finish(Some(&source), request_id, event_id.as_deref(), started, result)
+    }
+
+    async fn process<B>(
+        &self,
+        source: &Source,
+        req: Request<B>,
+        peer: Peer,
+        params: Vec<(String, String)>,
+        deadline: Instant,
+        event_id: &mut Option<String>,
+    ) -> Result<Stored, PipelineError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (parts, body) = req.into_parts();
+        reject_ambiguous_framing(&parts.headers)?;
+        let content_length = content_length(&parts.headers)?;
+        let client_ip = peer.addr.ip();
+        let mut unverified = Unverified { parts, body: Bytes::new(), peer, client_ip, now: SystemTime::now() };
+        source.verifier.verify_head(&unverified).await.map_err(|e| self.auth_failed(source, e))?;
+        let body_until = deadline.min(Instant::now() + self.body_read_timeout);
+        unverified.body = read_body(body, content_length, source.max_body_bytes, body_until).await?;
+        let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
+        let (format, payload) = parse_body(&request)?;
+        let params_query = (params, query_pairs(request.parts().uri.query()));
+        let meta = normalize(source, &request, &payload, &params_query, format);
+        let event = build_event(source, &request, meta, format, &params_query)?;
+        *event_id = Some(event.id.clone());
+        let guard = match self.dedup.claim(&source.name, &event.id, deadline).await {
+            Claim::Duplicate => {
+                self.metrics.retries.with_label_values(&[&source.name]).inc();
+                return Ok(Stored::Duplicate);
+            }
+            Claim::Busy => return Err(PipelineError::InFlight),
+            Claim::New(guard) => guard,
+        };
+        self.sink.store(&event, deadline).await?;
+        guard.complete(source.dedup_window);
+        let type_label = self.type_label(&source.name, &event.kind);
+        self.metrics.events.with_label_values(&[source.name.as_ref(), type_label.as_str()]).inc();
+        self.metrics.request_body_bytes.with_label_values(&[&source.name]).observe(event.body.len() as f64);
+        Ok(Stored::Stored)
+    }
+
+    fn auth_failed(&self, source: &Source, e: crate::auth::AuthError) -> PipelineError {
+        self.metrics.auth_failures.with_label_values(&[&source.name, e.method()]).inc();
+        PipelineError::Auth(e)
+    }
+
+    /// Keeps the `type` label a closed set: the first few distinct types per source, then `other`.
+    fn type_label(&self, source: &Arc<str>, kind: &str) -> String {
+        let mut seen = self.type_labels.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (source.clone(), kind.to_string());
+        if seen.contains(&key) {
+            return kind.to_string();
+        }
+        if seen.iter().filter(|(s, _)| s == source).count() < MAX_TYPE_LABELS {
+            seen.insert(key);
+            return kind.to_string();
+        }
+        "other".to_string()
+    }
+
+    /// Turns the result into the answer, with its metrics and one log line.
+    fn finish(
+        &self,
+        source: Option<&Source>,
+        request_id: u64,
+        event_id: Option<&str>,
+        started: Instant,
+        result: Result<Stored, PipelineError>,
+    ) -> Response<Full<Bytes>> {
+        let retry_status = source.map_or(StatusCode::SERVICE_UNAVAILABLE, |s| s.retry_status);
+        let resp = respond::response(&result, retry_status);
+        let name = source.map_or("unmatched", |s| &s.name);
+        let status = resp.status().as_u16();
+        let latency = started.elapsed();
+        self.metrics.requests.with_label_values(&[name, resp.status().as_str()]).inc();
+        self.metrics.request_duration.with_label_values(&[name]).observe(latency.as_secs_f64());
+        let latency_ms = latency.as_secs_f64() * 1000.0;
+        match &result {
+            Ok(outcome) => {
+                tracing::info!(source = name, request_id, event_id, status, ?outcome, latency_ms, "delivery stored");
+            }
+            Err(error) => {
+                self.metrics.posting_errors.with_label_values(&[name, error.reason()]).inc();
+                let reason = error.reason();
+                match error.class() {
+                    crate::error::Class::Client | crate::error::Class::RateLimited => {
+                        tracing::warn!(
+                            source = name,
+                            request_id,
+                            event_id,
+                            status,
+                            reason,
+                            latency_ms,
+                            "delivery refused"
+                        );
+                    }
+                    _ => {
+                        tracing::error!(source = name, request_id, event_id, status, reason, %error, latency_ms, "delivery not stored")
+                    }
+                }
+            }
+        }
+        resp
+    }
+}
+
+fn next_request_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// RFC 9112 §6.3: a request with both `Content-Length` and `Transfer-Encoding` is refused, never framed by its
+/// `Content-Length` (hyper already reads such a body by `Transfer-Encoding`; we refuse it outright).
+fn reject_ambiguous_framing(headers: &http::HeaderMap) -> Result<(), PipelineError> {
+    if headers.contains_key(header::TRANSFER_ENCODING) && headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(PipelineError::BadFraming);
+    }
+    Ok(())
+}
+
+fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, PipelineError> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v.to_str().ok().and_then(|s| s.trim().parse().ok()).map(Some).ok_or(PipelineError::BadFraming),
+    }
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+/// Content type → parsed payload. A body-less delivery (Tyro GET/DELETE) has no content type.
+fn parse_body(request: &Authenticated) -> Result<(Format, Payload), PipelineError> {
+    let content_type = request.parts().headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}"));
+    if content_type.is_some_and(|ct| ct.len() > 255) {
+        return Err(parse::ParseError::UnsupportedMediaType.into());
+    }
+    let format = parse::format_of(content_type, request.body().len())?;
+    Ok((format, parse::parse(format, request.body())?))
+}
+
+type ParamsQuery = (Vec<(String, String)>, Vec<(String, String)>);
+
+fn normalize(
+    source: &Source,
+    request: &Authenticated,
+    payload: &Payload,
+    pq: &ParamsQuery,
+    format: Format,
+) -> EventMeta {
+    let fields = Fields { payload, params: &pq.0, query: &pq.1, headers: &request.parts().headers };
+    if format == Format::Empty {
+        return source.rules.extract(&fields, &bodyless_json(pq));
+    }
+    source.rules.extract(&fields, request.body())
+}
+
+/// The published body of a body-less delivery: a JSON object of its path and query parameters.
+fn bodyless_json(pq: &ParamsQuery) -> Vec<u8> {
+    let mut map = serde_json::Map::new();
+    for (k, v) in pq.0.iter().chain(pq.1.iter()) {
+        map.entry(k.clone()).or_insert_with(|| serde_json::Value::String(v.clone()));
+    }
+    serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+fn build_event(
+    source: &Source,
+    request: &Authenticated,
+    meta: EventMeta,
+    format: Format,
+    pq: &ParamsQuery,
+) -> Result<Event, PipelineError> {
+    let (content_type, body) = match format {
+        Format::Empty => ("application/json".to_string(), Bytes::from(bodyless_json(pq))),
+        _ => {
+            let ct =
+                request.parts().headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+            (ct.to_string(), request.body().clone())
+        }
+    };
+    Ok(Event {
+        source: source.name.clone(),
+        id: meta.id,
+        kind: meta.kind,
+        subject: meta.subject,
+        time: meta.time,
+        rank: meta.rank,
+        received_at: chrono::Utc::now(),
+        content_type,
+        body,
+        out_of_order: false,
+    })
+}

@@ -1,0 +1,149 @@
+//! Publishing to RabbitMQ with publisher confirms (SPEC §4).
+//!
+//! One long-lived connection carries a small pool of confirm-mode channels; publishes on a channel are pipelined
+//! (many in flight, each awaiting its own confirm). A supervisor of our own (lapin's auto-recovery is not used)
+//! connects, declares the exchange, opens the channels, watches the connection and rebuilds everything with
+//! back-off when it fails. While it is down, publishing fails at once, so the caller can answer (or, with the
+//! spool, store locally) well inside the provider's deadline.
+//!
+//! The request path sees only the [`Sink`] trait; the spool wraps the publisher behind the same trait.
+//!
+//! Layout: `message.rs` builds the CloudEvents AMQP message, `channel.rs` publishes on one confirm channel and
+//! correlates returned (unroutable) messages, `supervisor.rs` owns the connection.
+
+mod channel;
+mod message;
+mod supervisor;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::metrics::Metrics;
+
+pub use message::amqp_message;
+
+/// Why an event was not confirmed by the broker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker not connected")]
+    NotConnected,
+    #[error("broker blocked the connection")]
+    Blocked,
+    #[error("no confirm before the publish timeout")]
+    Timeout,
+    #[error("broker nacked the message")]
+    Nack,
+    #[error("message unroutable (returned by the broker)")]
+    Returned,
+    #[error("channel error: {0}")]
+    Channel(String),
+    #[error("event cannot be encoded as an AMQP message: {0}")]
+    Encode(&'static str),
+}
+
+/// Where the request path stores an accepted event. `Ok` means durable.
+pub trait Sink: Send + Sync {
+    /// Stores `event`, giving up at `deadline`.
+    fn store<'a>(&'a self, event: &'a Event, deadline: Instant) -> BoxFuture<'a, Result<(), PublishError>>;
+
+    /// Whether the sink can take events now (for `/readyz`).
+    fn ready(&self) -> bool;
+}
+
+/// Publisher settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub url: String,
+    pub exchange: String,
+    pub declare_exchange: bool,
+    pub publish_timeout: Duration,
+    /// Confirm channels in the pool.
+    pub channels: usize,
+}
+
+/// The RabbitMQ publisher. Cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    settings: Settings,
+    metrics: Metrics,
+    pool: RwLock<Option<Arc<supervisor::Pool>>>,
+    next: AtomicUsize,
+}
+
+impl Publisher {
+    /// Creates the publisher and starts its connection supervisor; it runs until `shutdown`.
+    pub fn start(
+        settings: Settings,
+        metrics: Metrics,
+        shutdown: CancellationToken,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let shared = Arc::new(Shared { settings, metrics, pool: RwLock::new(None), next: AtomicUsize::new(0) });
+        let task = tokio::spawn(supervisor::run(shared.clone(), shutdown));
+        (Publisher { shared }, task)
+    }
+
+    /// Waits until the broker connection is up or `timeout` passes; true when connected.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        while Instant::now() < until {
+            if self.ready() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.ready()
+    }
+
+    fn pool(&self) -> Option<Arc<supervisor::Pool>> {
+        self.shared.pool.read().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
+    }
+
+    async fn publish(&self, event: &Event, deadline: Instant) -> Result<(), PublishError> {
+        let pool = self.pool().ok_or(PublishError::NotConnected)?;
+        if pool.blocked() {
+            return Err(PublishError::Blocked);
+        }
+        let (routing_key, props) = amqp_message(event)?;
+        let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len().max(1);
+        let ch = pool.channels.get(i).ok_or(PublishError::NotConnected)?;
+        let deadline = deadline.min(Instant::now() + self.shared.settings.publish_timeout);
+        let started = Instant::now();
+        let result =
+            ch.publish(&self.shared.settings.exchange, routing_key, &event.body, props, &event.id, deadline).await;
+        let outcome = match &result {
+            Ok(()) => "ack",
+            Err(PublishError::Nack) => "nack",
+            Err(PublishError::Returned) => "returned",
+            Err(PublishError::Timeout) => "timeout",
+            Err(_) => "error",
+        };
+        self.shared.metrics.amqp_publishes.with_label_values(&[outcome]).inc();
+        if result.is_ok() {
+            self.shared.metrics.publish_confirm.observe(started.elapsed().as_secs_f64());
+        }
+        if matches!(result, Err(PublishError::Channel(_))) {
+            pool.mark_broken();
+        }
+        result
+    }
+}
+
+impl Sink for Publisher {
+    fn store<'a>(&'a self, event: &'a Event, deadline: Instant) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(self.publish(event, deadline))
+    }
+
+    fn ready(&self) -> bool {
+        self.pool().is_some_and(|p| !p.blocked())
+    }
+}

@@ -1,0 +1,146 @@
+//! One confirm-mode channel with pipelined publishes.
+//!
+//! Returned (unroutable) messages: RabbitMQ sends `basic.return` before the `basic.ack` of the same message, and
+//! lapin hands the returned message to the next confirm it completes — which, with several publishes in flight
+//! or a `multiple` ack, may be another publish's. So each publish records any returned message it receives by
+//! its `message_id`, waits until every earlier publish on the channel has recorded its own, and then looks for
+//! its id: a returned event is never reported as stored.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
+
+use lapin::options::BasicPublishOptions;
+use lapin::types::ShortString;
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::PublishError;
+
+/// How many returned ids to remember for correlation before forgetting the oldest batch.
+const MAX_RETURNED: usize = 10_000;
+
+pub struct ConfirmChannel {
+    channel: Channel,
+    /// Serializes `basic.publish` frames and numbers them.
+    next_seq: tokio::sync::Mutex<u64>,
+    tracker: Mutex<Tracker>,
+    settled: Notify,
+}
+
+#[derive(Default)]
+struct Tracker {
+    outstanding: BTreeSet<u64>,
+    returned: HashSet<String>,
+}
+
+impl ConfirmChannel {
+    pub fn new(channel: Channel) -> Self {
+        ConfirmChannel {
+            channel,
+            next_seq: tokio::sync::Mutex::new(0),
+            tracker: Mutex::new(Tracker::default()),
+            settled: Notify::new(),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes one persistent, mandatory message and waits for its confirm until `deadline`.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: ShortString,
+        body: &[u8],
+        props: BasicProperties,
+        message_id: &str,
+        deadline: Instant,
+    ) -> Result<(), PublishError> {
+        // `mandatory`: an unroutable message comes back as basic.return instead of being dropped silently.
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let exchange = ShortString::try_new(exchange).map_err(|_| PublishError::Encode("exchange name too long"))?;
+        let (seq, confirm) = {
+            let mut next =
+                tokio::time::timeout_at(deadline, self.next_seq.lock()).await.map_err(|_| PublishError::Timeout)?;
+            let seq = *next;
+            *next += 1;
+            self.tracker().outstanding.insert(seq);
+            let sent = tokio::time::timeout_at(
+                deadline,
+                self.channel.basic_publish(exchange, routing_key, options, body, props),
+            )
+            .await;
+            match sent {
+                Ok(Ok(confirm)) => (seq, confirm),
+                Ok(Err(e)) => {
+                    self.settle(seq, None);
+                    return Err(PublishError::Channel(e.to_string()));
+                }
+                Err(_) => {
+                    self.settle(seq, None);
+                    return Err(PublishError::Timeout);
+                }
+            }
+        };
+        let result = match tokio::time::timeout_at(deadline, confirm).await {
+            Err(_) => Err(PublishError::Timeout),
+            Ok(Err(e)) => Err(PublishError::Channel(e.to_string())),
+            Ok(Ok(confirmation)) => {
+                let nack = confirmation.is_nack();
+                self.settle(seq, returned_id(confirmation));
+                if nack {
+                    Err(PublishError::Nack)
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        self.settle(seq, None);
+        result?;
+        self.wait_earlier(seq, deadline).await?;
+        if self.tracker().returned.remove(message_id) {
+            return Err(PublishError::Returned);
+        }
+        Ok(())
+    }
+
+    /// Records a finished publish (and any returned message it carried).
+    fn settle(&self, seq: u64, returned: Option<String>) {
+        let mut t = self.tracker();
+        t.outstanding.remove(&seq);
+        if let Some(id) = returned {
+            if t.returned.len() >= MAX_RETURNED {
+                t.returned.clear();
+            }
+            t.returned.insert(id);
+        }
+        drop(t);
+        self.settled.notify_waiters();
+    }
+
+    /// Waits until every publish numbered before `seq` has settled, so their returned messages are recorded.
+    async fn wait_earlier(&self, seq: u64, deadline: Instant) -> Result<(), PublishError> {
+        loop {
+            let notified = self.settled.notified();
+            if self.tracker().outstanding.range(..seq).next().is_none() {
+                return Ok(());
+            }
+            tokio::time::timeout_at(deadline, notified).await.map_err(|_| PublishError::Timeout)?;
+        }
+    }
+}
+
+fn returned_id(confirmation: Confirmation) -> Option<String> {
+    let message = confirmation.take_message()?;
+    Some(message.delivery.properties.message_id().as_ref().map(|s| s.as_str().to_string()).unwrap_or_default())
+}

@@ -1,0 +1,168 @@
+//! The connection supervisor: connect, declare, open confirm channels, watch, and rebuild with back-off.
+//!
+//! lapin's own auto-recovery is not enabled (it has an open hang bug); a failed connection is dropped whole and
+//! a new one built, while publishes fail fast with `NotConnected` in between.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use tokio_util::sync::CancellationToken;
+
+use super::channel::ConfirmChannel;
+use super::Shared;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a live connection's state is checked besides its events.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// A live connection and its confirm channels.
+pub struct Pool {
+    pub conn: Connection,
+    pub channels: Vec<ConfirmChannel>,
+    blocked: AtomicBool,
+    broken: AtomicBool,
+}
+
+impl Pool {
+    pub fn blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    /// Asks the supervisor to rebuild (a channel error was seen while publishing).
+    pub fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    fn healthy(&self) -> bool {
+        !self.broken.load(Ordering::Acquire)
+            && self.conn.status().connected()
+            && self.channels.iter().all(ConfirmChannel::is_open)
+    }
+}
+
+pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failures: u32 = 0;
+    while !shutdown.is_cancelled() {
+        let attempt = tokio::select! {
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared)) => r,
+            () = shutdown.cancelled() => break,
+        };
+        match attempt {
+            Ok(Ok(pool)) => {
+                let pool = Arc::new(pool);
+                failures = 0;
+                backoff = MIN_BACKOFF;
+                install(&shared, Some(pool.clone()));
+                tracing::info!(exchange = %shared.settings.exchange, channels = pool.channels.len(), "broker connected");
+                let stopping = watch(&pool, &shutdown).await;
+                install(&shared, None);
+                if stopping {
+                    close(&pool).await;
+                    break;
+                }
+                tracing::warn!("broker connection lost; reconnecting");
+                let _ = pool.conn.close(320, "hookgate reconnecting".into()).await;
+            }
+            Ok(Err(error)) => {
+                failures += 1;
+                log_failure(failures, &error);
+            }
+            Err(_) => {
+                failures += 1;
+                log_failure(failures, &"connect timed out");
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    tracing::info!("broker publisher stopped");
+}
+
+fn log_failure(failures: u32, error: &dyn std::fmt::Display) {
+    // Log the first failure and then every 20th, so an outage does not flood the log.
+    if failures == 1 || failures % 20 == 0 {
+        tracing::warn!(%error, failures, "broker connection failed");
+    }
+}
+
+fn install(shared: &Shared, pool: Option<Arc<Pool>>) {
+    shared.metrics.broker_connected.set(i64::from(pool.is_some()));
+    match shared.pool.write() {
+        Ok(mut slot) => *slot = pool,
+        Err(poisoned) => *poisoned.into_inner() = pool,
+    }
+}
+
+async fn connect(shared: &Shared) -> Result<Pool, lapin::Error> {
+    let s = &shared.settings;
+    let props = ConnectionProperties::default().with_connection_name("hookgate".into());
+    let conn = Connection::connect(&s.url, props).await?;
+    let channels = open_channels(&conn, s.channels.max(1)).await?;
+    let first = channels.first().map(ConfirmChannel::channel);
+    if let Some(ch) = first {
+        // Durable, so the exchange (and its bindings) survive a broker restart. With `declare_exchange = false`
+        // the exchange must already exist: a passive declare checks that without changing it.
+        let options = ExchangeDeclareOptions { durable: true, passive: !s.declare_exchange, ..Default::default() };
+        ch.exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, options, FieldTable::default()).await?;
+    }
+    Ok(Pool { conn, channels, blocked: AtomicBool::new(false), broken: AtomicBool::new(false) })
+}
+
+async fn open_channels(conn: &Connection, n: usize) -> Result<Vec<ConfirmChannel>, lapin::Error> {
+    let mut channels = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ch = conn.create_channel().await?;
+        // Publisher confirms: the broker acks each message once it has taken responsibility for it.
+        // https://www.rabbitmq.com/docs/confirms#publisher-confirms
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        channels.push(ConfirmChannel::new(ch));
+    }
+    Ok(channels)
+}
+
+/// Watches a live connection; returns true when stopping for shutdown, false when the connection failed.
+async fn watch(pool: &Pool, shutdown: &CancellationToken) -> bool {
+    let mut events = pool.conn.events_listener();
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return true,
+            ev = events.next() => match ev {
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(%reason, "broker blocked the connection");
+                    pool.blocked.store(true, Ordering::Release);
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    tracing::info!("broker unblocked the connection");
+                    pool.blocked.store(false, Ordering::Release);
+                }
+                Some(lapin::Event::Error(error)) => {
+                    tracing::warn!(%error, "broker connection error");
+                    return false;
+                }
+                Some(_) => {}
+                None => return false,
+            },
+            _ = tick.tick() => if !pool.healthy() { return false },
+        }
+    }
+}
+
+/// Closes the connection at shutdown, after in-flight confirms had their chance.
+async fn close(pool: &Pool) {
+    for ch in &pool.channels {
+        let _ = tokio::time::timeout(Duration::from_secs(2), ch.channel().wait_for_confirms()).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), pool.conn.close(200, "hookgate stopping".into())).await;
+}

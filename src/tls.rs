@@ -1,0 +1,61 @@
+//! The rustls server configuration: certificate chain, key, optional client-CA verifier (mutual TLS), ALPN.
+//!
+//! Client certificates are *optional* at the handshake, so sources without `client_cert` share the port; the
+//! verifier only authenticates a presented certificate against `client_ca`, and each source authorizes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+
+use crate::config::{self, ConfigError};
+
+/// Builds the server TLS config from `[server.tls]`.
+///
+/// # Errors
+/// A [`ConfigError`] naming the key whose file cannot be read or used.
+pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, ConfigError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = load_certs("server.tls.cert", &tls.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| {
+        ConfigError::key("server.tls.key", format!("cannot read a private key from {}: {e}", tls.key.display()))
+    })?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::key("server.tls", e.to_string()))?;
+    let builder = match &tls.client_ca {
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for cert in load_certs("server.tls.client_ca", ca)? {
+                roots.add(cert).map_err(|e| {
+                    ConfigError::key("server.tls.client_ca", format!("not a usable CA certificate: {e}"))
+                })?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(Vec::<CertificateRevocationListDer<'static>>::new())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| ConfigError::key("server.tls.client_ca", e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| ConfigError::key("server.tls.key", format!("does not match the certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ConfigError::key(key, format!("cannot read certificates from {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError::key(key, format!("{} holds no certificate", path.display())));
+    }
+    Ok(certs)
+}
