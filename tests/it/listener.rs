@@ -1,0 +1,106 @@
+//! The public listener: TLS with HTTP/1.1 and HTTP/2 by ALPN, hyper's header timeout, the TLS handshake
+//! timeout and the connection cap.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::support::{amqp_url, Gateway, Pki};
+
+const SOURCES: &str = "[sources.generic]\npreset = \"generic\"\nunauthenticated = true\n";
+const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_http1_and_http2_by_alpn() {
+    let pki = Pki::new();
+    let mut gw =
+        Gateway::start_full("", &format!("{}{SOURCES}", pki.server_toml(false)), &amqp_url(), HashMap::new()).await;
+    let mut q = gw.queue("#").await;
+
+    gw.tls = Some(pki.client_config(None, &[b"http/1.1"]));
+    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"over.tls"}"#).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    assert_eq!(q.exactly_one(Duration::from_secs(5)).await.routing_key, "generic.over.tls");
+
+    // HTTP/2 negotiated by ALPN.
+    let connector = tokio_rustls::TlsConnector::from(pki.client_config(None, &[b"h2"]));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("https://localhost/webhooks/generic")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"event":"over.h2"}"#)))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "Stored\n");
+    assert_eq!(q.exactly_one(Duration::from_secs(5)).await.routing_key, "generic.over.h2");
+
+    // A plain-HTTP request on the TLS port gets nothing stored.
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"POST /webhooks/generic HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\n{}").await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), tcp.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("200"));
+    assert!(q.next(Duration::from_millis(300)).await.is_none());
+    q.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_headers_and_silent_tls_clients_are_cut() {
+    let pki = Pki::new();
+    let server = "tls_handshake_timeout = \"1s\"\nheader_read_timeout = \"1s\"\n";
+    let mut gw =
+        Gateway::start_full(server, &format!("{}{SOURCES}", pki.server_toml(false)), &amqp_url(), HashMap::new()).await;
+    // A client that opens TCP and never starts the handshake.
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut buf)).await.expect("closed by the server");
+    assert_eq!(n.unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(gw.metric("hookgate_tls_handshake_failures_total{reason=\"timeout\"}").await, 1.0);
+
+    // A client that finishes the handshake and then dribbles its headers (slowloris).
+    let connector = tokio_rustls::TlsConnector::from(pki.client_config(None, &[b"http/1.1"]));
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut tls = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    tls.write_all(b"POST /webhooks/generic HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await.expect("closed by the server");
+    assert!(started.elapsed() < Duration::from_secs(3), "cut at the header timeout");
+    gw.tls = Some(pki.client_config(None, &[b"http/1.1"]));
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_cap_wait() {
+    let gw = Gateway::start_full("max_connections = 2\n", SOURCES, &amqp_url(), HashMap::new()).await;
+    let _a = TcpStream::connect(gw.addr).await.unwrap();
+    let b = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = crate::support::Gateway::client_for(gw.addr);
+    let waiting = tokio::spawn(async move { client.post("/webhooks/generic", &JSON, b"{}").await.status });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a third connection is not served while two are open");
+    drop(b);
+    let status =
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once a slot frees").unwrap();
+    // No queue is bound: the answer is a 503 — what matters is that it came.
+    assert_eq!(status, 503);
+    gw.stop().await;
+}

@@ -1,0 +1,8 @@
+//! Integration tests: one binary, one harness (`support`), against the real RabbitMQ.
+
+mod support;
+
+mod broker_failures;
+mod cli;
+mod ingest;
+mod listener;

@@ -1,0 +1,484 @@
+//! The test harness: a real gateway on 127.0.0.1:0 against the real RabbitMQ, an HTTP(S) client, a queue
+//! consumer, generated certificates and a TCP proxy that can cut or stall the broker connection.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use hookgate::config::Config;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The broker the tests use: `AMQP_URL`, or the local default.
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| AMQP_DEFAULT.to_string())
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{prefix}-{}-{}-{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Connects to the broker, failing at once with instructions when it is not there.
+pub async fn broker() -> Connection {
+    let url = amqp_url();
+    for _ in 0..20 {
+        if let Ok(conn) = Connection::connect(&url, ConnectionProperties::default()).await {
+            return conn;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("RabbitMQ is not reachable at {url}; start it with `bash .ci/services` (or set AMQP_URL)");
+}
+
+/// Path of a file under tests/fixtures.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))).expect("fixture exists")
+}
+
+// === impl Gateway ===
+
+/// A running gateway with its own exchange.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub exchange: String,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub shutdown: CancellationToken,
+    app: Option<hookgate::App>,
+}
+
+/// Config text common to every test gateway: loopback listeners are bound by the harness.
+/// `server` holds extra `[server]` keys (it must not repeat the defaults set here).
+pub fn base_config(exchange: &str, amqp: &str, server: &str) -> String {
+    let mut server = server.to_string();
+    for (key, value) in
+        [("header_read_timeout", "\"2s\""), ("body_read_timeout", "\"2s\""), ("drain_timeout", "\"5s\"")]
+    {
+        if !server.contains(key) {
+            server.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    format!("[broker]\nurl = \"{amqp}\"\nexchange = \"{exchange}\"\npublish_timeout = \"1s\"\n[server]\n{server}")
+}
+
+impl Gateway {
+    /// Starts a gateway from `extra` (sources, server.tls, ...) appended to [`base_config`].
+    pub async fn start(extra: &str) -> Gateway {
+        Gateway::start_with(extra, &amqp_url(), HashMap::new()).await
+    }
+
+    pub async fn start_with(extra: &str, amqp: &str, env: HashMap<String, String>) -> Gateway {
+        Gateway::start_full("", extra, amqp, env).await
+    }
+
+    /// Full control: extra `[server]` keys, the rest of the config, the broker URL and the environment.
+    pub async fn start_full(server: &str, extra: &str, amqp: &str, env: HashMap<String, String>) -> Gateway {
+        let exchange = unique("hookgate-test");
+        let text = format!("{}{extra}", base_config(&exchange, amqp, server));
+        let config =
+            Config::parse(&text).and_then(Config::validate).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let listeners = hookgate::Listeners {
+            public: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+            admin: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        };
+        let shutdown = CancellationToken::new();
+        let app = hookgate::App::start(&config, &env, listeners, shutdown.clone()).await.expect("gateway starts");
+        let gw =
+            Gateway { addr: app.public_addr, admin: app.admin_addr, exchange, tls: None, shutdown, app: Some(app) };
+        if amqp == amqp_url() {
+            gw.wait_ready().await;
+        }
+        gw
+    }
+
+    /// A client-only handle to a plain-HTTP gateway at `addr` (for requests from spawned tasks).
+    pub fn client_for(addr: SocketAddr) -> Client {
+        Client { addr }
+    }
+
+    /// Waits (up to 15 s) until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        for _ in 0..300 {
+            if self.admin_get("/readyz").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("gateway not ready within 15 s");
+    }
+
+    /// A queue bound to this gateway's exchange with `pattern`.
+    pub async fn queue(&self, pattern: &str) -> Queue {
+        Queue::bind(&self.exchange, pattern).await
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        self.request("POST", path, headers, body).await
+    }
+
+    pub async fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let req = build_request(method, path, headers, body);
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        match &self.tls {
+            None => send(stream, req).await,
+            Some(cfg) => {
+                let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+                let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+                let tls = connector.connect(name, stream).await.expect("TLS handshake");
+                send(tls, req).await
+            }
+        }
+    }
+
+    /// GET on the admin listener: status and body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let Ok(stream) = TcpStream::connect(self.admin).await else { return (0, String::new()) };
+        let r = send(stream, build_request("GET", path, &[], b"")).await;
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// The value of one exposition line of `/metrics` (0 when absent).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.admin_get("/metrics").await;
+        metric_value(&text, series)
+    }
+
+    /// Writes raw bytes on a plain connection and returns what the gateway answered until it closed or 3 s passed.
+    pub async fn raw(&self, bytes: &[u8]) -> String {
+        let mut stream = TcpStream::connect(self.addr).await.expect("connect");
+        stream.write_all(bytes).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Stops the gateway and waits for it; then deletes its exchange.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(app) = self.app.take() {
+            tokio::time::timeout(Duration::from_secs(30), app.wait())
+                .await
+                .expect("stops in time")
+                .expect("clean stop");
+        }
+        delete_exchange(&self.exchange).await;
+    }
+}
+
+/// Sends requests to a plain-HTTP gateway.
+#[derive(Clone, Copy)]
+pub struct Client {
+    pub addr: SocketAddr,
+}
+
+impl Client {
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        let stream = TcpStream::connect(self.addr).await.expect("connect");
+        send(stream, build_request("POST", path, headers, body)).await
+    }
+}
+
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn delete_exchange(name: &str) {
+    let conn = broker().await;
+    if let Ok(ch) = conn.create_channel().await {
+        let _ = ch.exchange_delete(name.into(), Default::default()).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
+
+fn build_request(method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> http::Request<Full<Bytes>> {
+    let mut b = http::Request::builder().method(method).uri(path).header("host", "localhost");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Full::new(Bytes::copy_from_slice(body))).expect("request")
+}
+
+/// An answer: status, reason phrase, headers and body.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub reason: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+async fn send<S>(io: S, req: http::Request<Full<Bytes>>) -> Resp
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.expect("handshake");
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.expect("response");
+    let status = resp.status();
+    let reason = resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Resp { status: status.as_u16(), reason, headers, body }
+}
+
+// === impl Queue ===
+
+/// An exclusive, auto-delete queue bound to a test exchange.
+pub struct Queue {
+    conn: Connection,
+    consumer: lapin::Consumer,
+}
+
+/// One consumed message.
+#[derive(Debug)]
+pub struct Message {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub props: lapin::BasicProperties,
+}
+
+impl Message {
+    pub fn header(&self, name: &str) -> Option<AMQPValue> {
+        self.props.headers().as_ref().and_then(|h| h.inner().get(name).cloned())
+    }
+
+    /// A string header (`cloudEvents_*`).
+    pub fn text(&self, name: &str) -> Option<String> {
+        match self.header(name)? {
+            AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+            other => Some(format!("{other:?}")),
+        }
+    }
+}
+
+impl Queue {
+    pub async fn bind(exchange: &str, pattern: &str) -> Queue {
+        let conn = broker().await;
+        let ch = conn.create_channel().await.expect("channel");
+        // Same arguments as the gateway's own declaration, so either may come first.
+        let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ch.exchange_declare(exchange.into(), ExchangeKind::Topic, opts, FieldTable::default()).await.expect("exchange");
+        let qopts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+        let q = ch.queue_declare("".into(), qopts, FieldTable::default()).await.expect("queue");
+        ch.queue_bind(
+            q.name().clone(),
+            exchange.into(),
+            pattern.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+        let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let consumer =
+            ch.basic_consume(q.name().clone(), "test".into(), consume, FieldTable::default()).await.expect("consume");
+        Queue { conn, consumer }
+    }
+
+    /// The next message, or `None` after `wait`.
+    pub async fn next(&mut self, wait: Duration) -> Option<Message> {
+        let d = tokio::time::timeout(wait, self.consumer.next()).await.ok()??.ok()?;
+        Some(Message { routing_key: d.routing_key.as_str().to_string(), body: d.data, props: d.properties })
+    }
+
+    /// Exactly one message within `wait`, and no second one shortly after.
+    pub async fn exactly_one(&mut self, wait: Duration) -> Message {
+        let m = self.next(wait).await.expect("a message in the queue");
+        if let Some(extra) = self.next(Duration::from_millis(300)).await {
+            panic!("a second message arrived: {:?}", extra.props.message_id());
+        }
+        m
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+// === impl Pki ===
+
+/// A test CA with a server certificate for `localhost` / 127.0.0.1, written to a temp dir.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "hookgate test CA");
+        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        let key = rcgen::KeyPair::generate().expect("key");
+        let ca = params.self_signed(&key).expect("CA");
+        let issuer = rcgen::Issuer::new(params, key);
+        let mut server = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+        server.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        let skey = rcgen::KeyPair::generate().expect("key");
+        let scert = server.signed_by(&skey, &issuer).expect("server cert");
+        std::fs::write(dir.path().join("server.crt"), scert.pem()).expect("write");
+        std::fs::write(dir.path().join("server.key"), skey.serialize_pem()).expect("write");
+        std::fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write");
+        Pki { dir, ca_pem: ca.pem(), issuer }
+    }
+
+    /// `[server.tls]` for this PKI; with `client_ca`, client certificates from this CA are verified.
+    pub fn server_toml(&self, client_ca: bool) -> String {
+        let d = self.dir.path().display();
+        let ca = if client_ca { format!("client_ca = \"{d}/ca.crt\"\n") } else { String::new() };
+        format!("[server.tls]\ncert = \"{d}/server.crt\"\nkey = \"{d}/server.key\"\n{ca}")
+    }
+
+    /// A client certificate (PEM chain, PEM key) for `cn`, signed by this CA.
+    pub fn client(&self, cn: &str) -> (String, String) {
+        let mut p = rcgen::CertificateParams::new(vec![format!("{cn}")]).expect("params");
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &self.issuer).expect("client cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A TLS client trusting this CA, optionally presenting a client certificate, with the given ALPN.
+    pub fn client_config(&self, client: Option<(String, String)>, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(rustls_pki_types::CertificateDer::from_pem_slice(self.ca_pem.as_bytes()).expect("ca")).expect("root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots);
+        let mut cfg = match client {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => {
+                let chain = vec![rustls_pki_types::CertificateDer::from_pem_slice(chain.as_bytes()).expect("cert")];
+                let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("key");
+                builder.with_client_auth_cert(chain, key).expect("client auth")
+            }
+        };
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+}
+
+// === impl Proxy ===
+
+/// A TCP proxy in front of RabbitMQ that a test can cut (close everything, refuse new connections), stall
+/// (keep connections open but forward nothing) and restore — the shared broker itself is never touched.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ProxyState>>,
+    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    stalled: bool,
+    conns: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub async fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let task = tokio::spawn(accept_loop(listener, state.clone()));
+        Proxy { addr, state, accept_task: Mutex::new(Some(task)) }
+    }
+
+    /// The broker URL through this proxy.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Closes every proxied connection and stops accepting (connections are refused).
+    pub fn cut(&self) {
+        if let Some(t) = self.accept_task.lock().expect("lock").take() {
+            t.abort();
+        }
+        for c in self.state.lock().expect("lock").conns.drain(..) {
+            c.abort();
+        }
+    }
+
+    /// Accepts again on the same port.
+    pub async fn restore(&self) {
+        self.state.lock().expect("lock").stalled = false;
+        let mut listener = None;
+        for _ in 0..50 {
+            if let Ok(l) = TcpListener::bind(self.addr).await {
+                listener = Some(l);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let listener = listener.expect("rebind the proxy port");
+        *self.accept_task.lock().expect("lock") = Some(tokio::spawn(accept_loop(listener, self.state.clone())));
+    }
+
+    /// Keeps connections open but stops forwarding bytes (a broker that never confirms).
+    pub fn stall(&self, stalled: bool) {
+        self.state.lock().expect("lock").stalled = stalled;
+    }
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<Mutex<ProxyState>>) {
+    while let Ok((client, _)) = listener.accept().await {
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            let Ok(upstream) = TcpStream::connect("127.0.0.1:5672").await else { return };
+            let (cr, cw) = client.into_split();
+            let (ur, uw) = upstream.into_split();
+            tokio::join!(pump(cr, uw, st.clone()), pump(ur, cw, st));
+        });
+        state.lock().expect("lock").conns.push(task);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    st: Arc<Mutex<ProxyState>>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while st.lock().expect("lock").stalled {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
