@@ -110,6 +110,7 @@ impl Config {
             return Err(ConfigError::key("pollers", "InstaMed polling is not available in this build"));
         }
         self.validate_broker()?;
+        self.validate_storage()?;
         self.validate_limits()?;
         if self.sources.is_empty() {
             return Err(ConfigError::key("sources", "no source is configured; add a [sources.NAME] table"));
@@ -146,6 +147,25 @@ impl Config {
         }
         if self.broker.publish_timeout.0.is_zero() {
             return Err(ConfigError::key("broker.publish_timeout", "must be greater than zero"));
+        }
+        Ok(())
+    }
+
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let s = &self.storage;
+        if let Some(url) = &s.shared {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError::key("storage.shared", "must start with redis://"));
+            }
+        }
+        if s.shared_prefix.is_empty() {
+            return Err(ConfigError::key("storage.shared_prefix", "must not be empty"));
+        }
+        if s.spool_key_file.is_some() && s.spool_key_env.is_some() {
+            return Err(ConfigError::key("storage.spool_key_file", "give either spool_key_file or spool_key_env"));
+        }
+        if s.spool_max_bytes < 4096 {
+            return Err(ConfigError::key("storage.spool_max_bytes", "must be at least 4096"));
         }
         Ok(())
     }

@@ -1,21 +1,30 @@
-//! The idempotency index: each event id is either in flight (one delivery is storing it; identical deliveries
-//! wait for its outcome) or done (stored; retries inside `dedup_window` are duplicates).
+//! The idempotency index (SPEC §3): each event id is either in flight (one delivery is storing it; identical
+//! deliveries wait for its outcome) or done (stored; a retry inside `dedup_window` is a duplicate).
 //!
-//! This is the in-process index; a failed store releases its claim so the provider's retry can proceed.
+//! # Invariants
+//!
+//! - Within one process, one delivery per id is in flight at a time; the others wait (until their deadline) and
+//!   then see the first one's outcome: done → duplicate, failed → one of them claims the id.
+//! - A done record is written durably (fsynced to `state.redb`, and to Redis with `storage.shared`) *before* the
+//!   delivery is answered 200, so it survives a restart. A failed store releases the claim, so the provider's
+//!   retry is admitted.
+//! - With `storage.shared`, the in-flight claim is also taken in Redis (`SET NX PX` with a short TTL, so a claim
+//!   left by a crashed replica expires), and waiters on another replica poll it until it is done or gone.
+//! - After the window the record expires (purged periodically) and the id is admitted again.
+//!
+//! Layout: [`redis`] holds the shared claim; the local index lives in [`crate::state`].
+
+pub mod redis;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-type Key = (Arc<str>, String);
-
-enum Entry {
-    InFlight(Arc<Notify>),
-    Done(Instant),
-}
+use self::redis::{Shared, SharedClaim};
+use crate::state::{now_ms, Op, State};
 
 /// What a claim found.
 pub enum Claim {
@@ -25,80 +34,142 @@ pub enum Claim {
     Duplicate,
     /// Another delivery of the same id is still being stored and did not finish before the deadline.
     Busy,
+    /// The index cannot be read (the shared store is down): not admitted, the provider retries.
+    Unavailable,
 }
 
-/// The in-memory index. Cheap to clone.
-#[derive(Clone, Default)]
+/// The index. Cheap to clone.
+#[derive(Clone)]
 pub struct Dedup {
-    entries: Arc<Mutex<HashMap<Key, Entry>>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    flights: Mutex<HashMap<String, Arc<Notify>>>,
+    state: State,
+    shared: Option<Shared>,
+}
+
+/// `<source>\u{1f}<id>`: the key of an event id in both stores.
+pub fn key(source: &str, id: &str) -> String {
+    format!("{source}\u{1f}{id}")
 }
 
 impl Dedup {
-    pub fn new() -> Self {
-        Dedup::default()
+    pub fn new(state: State, shared: Option<Shared>) -> Self {
+        Dedup { inner: Arc::new(Inner { flights: Mutex::default(), state, shared }) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    fn flights(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.inner.flights.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Claims `(source, id)`; waits (until `deadline`) while an identical delivery is in flight.
-    pub async fn claim(&self, source: &Arc<str>, id: &str, deadline: Instant) -> Claim {
-        let key = (source.clone(), id.to_string());
+    /// Claims `(source, id)`; waits (until `deadline`) while an identical delivery is in flight. `in_flight_ttl`
+    /// bounds how long a shared claim outlives a crashed holder.
+    pub async fn claim(&self, source: &str, id: &str, in_flight_ttl: Duration, deadline: Instant) -> Claim {
+        let key = key(source, id);
         loop {
-            let notify = {
-                let mut entries = self.lock();
-                match entries.get(&key) {
-                    Some(Entry::Done(until)) if *until > Instant::now() => return Claim::Duplicate,
-                    Some(Entry::InFlight(n)) => n.clone(),
-                    _ => {
-                        let n = Arc::new(Notify::new());
-                        entries.insert(key.clone(), Entry::InFlight(n));
-                        return Claim::New(ClaimGuard { dedup: self.clone(), key: Some(key) });
+            let waiting = {
+                let mut flights = self.flights();
+                match flights.get(&key) {
+                    Some(n) => n.clone(),
+                    None => {
+                        flights.insert(key.clone(), Arc::new(Notify::new()));
+                        break;
                     }
                 }
             };
-            let waiting = notify.notified();
+            let notified = waiting.notified();
             // The holder may have finished between the lock and here; re-check before sleeping.
-            if !matches!(self.lock().get(&key), Some(Entry::InFlight(_))) {
+            if !self.flights().get(&key).is_some_and(|n| Arc::ptr_eq(n, &waiting)) {
                 continue;
             }
-            if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Claim::Busy;
+            }
+        }
+        let mut guard = ClaimGuard { dedup: self.clone(), key: Some(key), token: None };
+        match self.inner.state.done_until(guard.key()) {
+            Ok(Some(until)) if until > now_ms() => return Claim::Duplicate,
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, "dedup index read failed");
+                return Claim::Unavailable;
+            }
+        }
+        let Some(shared) = &self.inner.shared else { return Claim::New(guard) };
+        match shared.claim(guard.key(), in_flight_ttl, deadline).await {
+            Ok(SharedClaim::New(token)) => {
+                guard.token = Some(token);
+                Claim::New(guard)
+            }
+            Ok(SharedClaim::Duplicate) => Claim::Duplicate,
+            Ok(SharedClaim::Busy) => Claim::Busy,
+            Err(error) => {
+                tracing::error!(%error, "shared dedup claim failed");
+                Claim::Unavailable
             }
         }
     }
 
-    /// Drops expired entries (called periodically).
-    pub fn purge(&self) {
-        let now = Instant::now();
-        self.lock().retain(|_, e| !matches!(e, Entry::Done(until) if *until <= now));
+    /// Drops expired records (called periodically).
+    pub async fn purge(&self) {
+        if let Err(error) = self.inner.state.write(vec![Op::Purge { now_ms: now_ms() }]).await {
+            tracing::warn!(%error, "dedup purge failed");
+        }
     }
 }
 
 /// Holds an in-flight claim. Dropped without [`complete`](ClaimGuard::complete), it releases the id.
 pub struct ClaimGuard {
     dedup: Dedup,
-    key: Option<Key>,
+    key: Option<String>,
+    /// The shared claim's token, for a compare-and-delete release.
+    token: Option<String>,
 }
 
 impl ClaimGuard {
-    /// Marks the id stored for `window`.
-    pub fn complete(mut self, window: Duration) {
-        if let Some(key) = self.key.take() {
-            let old = self.dedup.lock().insert(key, Entry::Done(Instant::now() + window));
-            if let Some(Entry::InFlight(n)) = old {
-                n.notify_waiters();
+    fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or_default()
+    }
+
+    /// Marks the id stored for `window`, durably, then wakes the waiters. A failure to write is logged: the event
+    /// itself is already durable, and the worst outcome is a provider retry published twice.
+    pub async fn complete(mut self, window: Duration) {
+        let Some(key) = self.key.take() else { return };
+        let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        let local = self.dedup.inner.state.write(vec![Op::Done { key: key.clone(), expires_ms: now_ms() + window_ms }]);
+        let shared = async {
+            match &self.dedup.inner.shared {
+                Some(s) => s.complete(&key, window).await.map_err(|e| e.to_string()),
+                None => Ok(()),
             }
+        };
+        let (local, shared) = tokio::join!(local, shared);
+        if let Err(error) = local {
+            tracing::error!(%error, "dedup record not written; a retry may be published again");
         }
+        if let Err(error) = shared {
+            tracing::error!(%error, "shared dedup record not written; a retry on another replica may be published again");
+        }
+        self.token = None;
+        release_local(&self.dedup, &key);
+    }
+}
+
+fn release_local(dedup: &Dedup, key: &str) {
+    if let Some(n) = dedup.flights().remove(key) {
+        n.notify_waiters();
     }
 }
 
 impl Drop for ClaimGuard {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            if let Some(Entry::InFlight(n)) = self.dedup.lock().remove(&key) {
-                n.notify_waiters();
+        let Some(key) = self.key.take() else { return };
+        release_local(&self.dedup, &key);
+        if let (Some(token), Some(shared)) = (self.token.take(), self.dedup.inner.shared.clone()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { shared.release(&key, &token).await });
             }
         }
     }
@@ -112,31 +183,43 @@ mod tests {
         Instant::now() + Duration::from_secs(5)
     }
 
+    const TTL: Duration = Duration::from_secs(10);
+
     #[tokio::test]
-    async fn second_claim_is_a_duplicate_until_the_window_ends() {
-        let d = Dedup::new();
-        let src: Arc<str> = Arc::from("s");
-        let Claim::New(g) = d.claim(&src, "a", far()).await else { panic!("first claim") };
-        g.complete(Duration::from_millis(50));
-        assert!(matches!(d.claim(&src, "a", far()).await, Claim::Duplicate));
-        assert!(matches!(d.claim(&Arc::from("other"), "a", far()).await, Claim::New(_)));
-        tokio::time::sleep(Duration::from_millis(60)).await;
-        assert!(matches!(d.claim(&src, "a", far()).await, Claim::New(_)));
+    async fn second_claim_is_a_duplicate_until_the_window_ends_and_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        let Claim::New(g) = d.claim("s", "a", TTL, far()).await else { panic!("first claim") };
+        g.complete(Duration::from_millis(300)).await;
+        assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::Duplicate));
+        assert!(matches!(d.claim("other", "a", TTL, far()).await, Claim::New(_)));
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::New(_)));
+        let Claim::New(g) = d.claim("s", "b", TTL, far()).await else { panic!("claim b") };
+        g.complete(Duration::from_secs(60)).await;
+        drop(d);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        assert!(matches!(d.claim("s", "b", TTL, far()).await, Claim::Duplicate), "survives a restart");
     }
 
     #[tokio::test]
     async fn waiters_follow_the_first_outcome() {
-        let d = Dedup::new();
-        let src: Arc<str> = Arc::from("s");
-        let Claim::New(g) = d.claim(&src, "a", far()).await else { panic!("first claim") };
+        let dir = tempfile::tempdir().unwrap();
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        let Claim::New(g) = d.claim("s", "a", TTL, far()).await else { panic!("first claim") };
         let d2 = d.clone();
-        let s2 = src.clone();
-        let waiter = tokio::spawn(async move { matches!(d2.claim(&s2, "a", far()).await, Claim::New(_)) });
+        let waiter = tokio::spawn(async move { matches!(d2.claim("s", "a", TTL, far()).await, Claim::New(_)) });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(g); // the first store failed: the waiter gets the claim
         assert!(waiter.await.unwrap());
         let soon = Instant::now() + Duration::from_millis(20);
-        let Claim::New(_g) = d.claim(&src, "b", far()).await else { panic!("claim b") };
-        assert!(matches!(d.claim(&src, "b", soon).await, Claim::Busy));
+        let Claim::New(g) = d.claim("s", "b", TTL, far()).await else { panic!("claim b") };
+        assert!(matches!(d.claim("s", "b", TTL, soon).await, Claim::Busy));
+        let d3 = d.clone();
+        let waiter = tokio::spawn(async move { matches!(d3.claim("s", "b", TTL, far()).await, Claim::Duplicate) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        g.complete(Duration::from_secs(60)).await;
+        assert!(waiter.await.unwrap(), "a waiter sees the first one's success as a duplicate");
     }
 }

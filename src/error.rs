@@ -3,6 +3,8 @@
 use crate::auth::AuthError;
 use crate::parse::ParseError;
 use crate::publish::PublishError;
+use crate::spool::SpoolError;
+use crate::store::StoreError;
 
 /// Who is at fault, and what the provider should do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,13 +45,30 @@ pub enum PipelineError {
     Deadline,
     #[error("an identical delivery is still being stored")]
     InFlight,
+    #[error("event not spooled: {0}")]
+    Spool(SpoolError),
+    #[error("the shared dedup store is unavailable")]
+    DedupUnavailable,
+}
+
+impl From<StoreError> for PipelineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Publish(e) => PipelineError::Unavailable(e),
+            StoreError::Spool(e) => PipelineError::Spool(e),
+        }
+    }
 }
 
 impl PipelineError {
     pub fn class(&self) -> Class {
         match self {
             PipelineError::RateLimited { .. } => Class::RateLimited,
-            PipelineError::Unavailable(_) | PipelineError::Deadline | PipelineError::InFlight => Class::Unavailable,
+            PipelineError::Unavailable(_)
+            | PipelineError::Deadline
+            | PipelineError::InFlight
+            | PipelineError::Spool(_)
+            | PipelineError::DedupUnavailable => Class::Unavailable,
             _ => Class::Client,
         }
     }
@@ -68,7 +87,12 @@ impl PipelineError {
             PipelineError::Auth(AuthError::Forbidden { .. }) => "forbidden",
             PipelineError::RateLimited { .. } => "rate_limited",
             PipelineError::Unavailable(PublishError::Returned) => "unroutable",
-            PipelineError::Unavailable(_) | PipelineError::Deadline | PipelineError::InFlight => "unavailable",
+            PipelineError::Spool(SpoolError::Full) => "spool_full",
+            PipelineError::Spool(_) => "spool_error",
+            PipelineError::Unavailable(_)
+            | PipelineError::Deadline
+            | PipelineError::InFlight
+            | PipelineError::DedupUnavailable => "unavailable",
         }
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Providers (InstaMed, Tyro Health, a prepaid-card processor, Standard Webhooks senders) post events; hookgate
 //! authenticates each delivery by its source's rules, answers only once the event is durable (confirmed by
-//! RabbitMQ), drops provider retries, and publishes every event once to a topic exchange as a CloudEvent.
+//! RabbitMQ, or fsynced to the local spool), drops provider retries, flags events that arrive out of order, and
+//! publishes every event once to a topic exchange as a CloudEvent.
 //!
 //! # Layout
 //!
@@ -17,14 +18,16 @@
 //! - [`parse`]: content type → payload; JSON, XML, NVP with size and depth limits.
 //! - [`normalize`]: payload → event id, type, subject, time, rank; one preset per provider. Pure.
 //! - [`event`]: the event envelope.
-//! - [`dedup`]: the idempotency index — claim, complete, release.
-//! - [`publish`]: lapin connection supervisor, confirm channel pool, the CloudEvents AMQP message; the [`publish::Sink`]
-//!   trait the spool will wrap.
+//! - [`dedup`]: the idempotency index — claim, complete, release; local, or shared by replicas in Redis.
+//! - [`order`]: out-of-order detection per `(source, subject)`.
+//! - [`store`]: the durable [`publish::Sink`]: the broker first, the spool when it does not confirm in time.
+//! - [`publish`]: lapin connection supervisor, confirm channel pool, the CloudEvents AMQP message.
+//! - [`spool`]: the encrypted, crash-safe append-only log of unconfirmed events, and its drainer.
 //! - [`respond`]: the one mapping from outcome to HTTP status and reason phrase.
 //!
 //! Cross-cutting: [`config`] (typed, strict, validated), [`source`] (a source built from config, secrets
-//! resolved), [`error`] (classification), [`metrics`] (every family; the admin listener), [`telemetry`],
-//! [`shutdown`].
+//! resolved), [`error`] (classification), [`state`] (the embedded redb database under `storage.data_dir`),
+//! [`metrics`] (every family; the admin listener), [`telemetry`], [`shutdown`].
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -36,6 +39,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod normalize;
+pub mod order;
 pub mod parse;
 pub mod pipeline;
 pub mod publish;
@@ -43,11 +47,14 @@ pub mod respond;
 pub mod router;
 pub mod shutdown;
 pub mod source;
+pub mod spool;
+pub mod state;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -55,9 +62,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{secret::Env, Config};
+use crate::dedup::{redis::Shared, Dedup};
 use crate::metrics::{Metrics, Readiness};
+use crate::order::Order;
 use crate::pipeline::Gateway;
 use crate::publish::{Publisher, Sink};
+use crate::spool::Spool;
+use crate::state::State;
+use crate::store::Store;
 
 /// Confirm channels per broker connection.
 const CONFIRM_CHANNELS: usize = 4;
@@ -115,22 +127,29 @@ impl App {
             }
         };
         let metrics = Metrics::new();
-        let settings = publish::Settings {
-            url: config.broker_url(env)?,
-            exchange: config.broker.exchange.clone(),
-            declare_exchange: config.broker.declare_exchange,
-            publish_timeout: config.broker.publish_timeout.0,
-            channels: CONFIRM_CHANNELS,
-        };
+        let storage = Storage::open(config, env, &metrics).await?;
         // Stopped only after the listener has drained, so in-flight requests still get their confirms.
         let after_drain = CancellationToken::new();
-        let (publisher, publisher_task) = Publisher::start(settings, metrics.clone(), after_drain.clone());
-        let sink: Arc<dyn Sink> = Arc::new(publisher);
+        let (publisher, publisher_task) =
+            Publisher::start(publish_settings(config, env)?, metrics.clone(), after_drain.clone());
+        // Replay runs first: until the drainer has seen the spool empty, /readyz is 503 and new events queue
+        // behind the spooled ones.
+        let replayed = Arc::new(AtomicBool::new(storage.spool.is_empty()));
+        let store = Store::new(publisher.clone(), storage.spool.clone(), replayed.clone(), metrics.clone());
+        let sink: Arc<dyn Sink> = Arc::new(store);
+        let drain_task =
+            tokio::spawn(spool::drain(storage.spool, publisher, metrics.clone(), replayed, after_drain.clone(), false));
         let router = router::Router::new(sources);
         for s in router.sources() {
             tracing::info!(source = %s.name, preset = %s.preset, methods = ?s.verifier.methods(), "source configured");
         }
-        let gateway = Arc::new(Gateway::new(router, sink.clone(), metrics.clone(), config.server.body_read_timeout.0));
+        let gateway = Arc::new(Gateway::new(
+            router,
+            sink.clone(),
+            (storage.dedup, storage.order),
+            metrics.clone(),
+            config.server.body_read_timeout.0,
+        ));
         let ready_sink = sink.clone();
         let readiness =
             Arc::new(Readiness { store_ready: Some(Arc::new(move || ready_sink.ready())), ..Readiness::default() });
@@ -179,6 +198,7 @@ impl App {
             tasks: vec![
                 ("listener", serve_task),
                 ("publisher", publisher_task),
+                ("spool drainer", drain_task),
                 ("admin", admin_task),
                 ("purge", purge_task),
             ],
@@ -207,8 +227,62 @@ async fn purge_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = tick.tick() => gateway.dedup.purge(),
+            _ = tick.tick() => gateway.dedup.purge().await,
             () = shutdown.cancelled() => return,
         }
+    }
+}
+
+/// The publisher's settings from `[broker]`.
+///
+/// # Errors
+/// The broker URL cannot be resolved.
+pub fn publish_settings(config: &Config, env: &dyn Env) -> anyhow::Result<publish::Settings> {
+    Ok(publish::Settings {
+        url: config.broker_url(env)?,
+        exchange: config.broker.exchange.clone(),
+        declare_exchange: config.broker.declare_exchange,
+        publish_timeout: config.broker.publish_timeout.0,
+        channels: CONFIRM_CHANNELS,
+    })
+}
+
+/// Everything under `storage.data_dir` (and the shared store), opened and recovered.
+pub struct Storage {
+    pub dedup: Dedup,
+    pub order: Order,
+    pub spool: Spool,
+}
+
+impl Storage {
+    /// Opens the state database (which also locks `data_dir` against a second process), connects the shared
+    /// store, and opens the spool, recovering it from any crash point.
+    ///
+    /// # Errors
+    /// A bad spool key, an unusable `data_dir`, a spool that cannot be decrypted, or Redis unreachable.
+    pub async fn open(config: &Config, env: &dyn Env, metrics: &Metrics) -> anyhow::Result<Storage> {
+        let s = &config.storage;
+        let cipher = spool::crypto::load_key(s, env)?;
+        if cipher.is_none() {
+            tracing::warn!(
+                "storage.spool_key_file / spool_key_env not set: the spool is written UNENCRYPTED. Development only"
+            );
+        }
+        let state = State::open(&s.data_dir)
+            .with_context(|| format!("cannot open the state in storage.data_dir {}", s.data_dir.display()))?;
+        let shared = match &s.shared {
+            Some(url) => Some(Shared::connect(url, &s.shared_prefix).await.context("cannot reach storage.shared")?),
+            None => None,
+        };
+        let dir = Spool::dir_of(&s.data_dir);
+        let (spool, recovery) = Spool::open(&dir, cipher, s.spool_max_bytes)
+            .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(bytes = recovery.truncated_bytes, "spool: torn tail cut at start");
+        }
+        metrics.spool_quarantined.inc_by(recovery.quarantined.len() as u64);
+        metrics.spool_events.set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
+        tracing::info!(records = spool.len(), encrypted = spool.encrypted(), shared = shared.is_some(), "storage open");
+        Ok(Storage { dedup: Dedup::new(state.clone(), shared.clone()), order: Order::new(state, shared), spool })
     }
 }

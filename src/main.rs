@@ -27,6 +27,19 @@ enum Command {
     Run,
     /// Validate the configuration and print it with every secret redacted.
     CheckConfig,
+    /// Inspect or drain the local spool (while the gateway is stopped).
+    Spool {
+        #[command(subcommand)]
+        action: SpoolAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpoolAction {
+    /// Print the records, bytes and oldest receipt time waiting in the spool.
+    Stats,
+    /// Publish every spooled event to the broker (with confirms, in receipt order), then exit.
+    Replay,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +64,33 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&config),
         Command::Run => run(config),
+        Command::Spool { action } => spool(&config, action),
+    }
+}
+
+fn spool(config: &Config, action: SpoolAction) -> ExitCode {
+    if let Err(e) = hookgate::spool::crypto::load_key(&config.storage, &ProcessEnv) {
+        eprintln!("hookgate: invalid configuration: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let result = match action {
+        SpoolAction::Stats => hookgate::spool::command::stats(config, &ProcessEnv).map(|s| {
+            let oldest = s.oldest.map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
+            println!("records: {}\nbytes: {}\noldest: {oldest}", s.records, s.bytes);
+        }),
+        SpoolAction::Replay => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(hookgate::spool::command::replay(config, &ProcessEnv)))
+            .map(|n| println!("replayed: {n}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hookgate: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

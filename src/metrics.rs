@@ -38,6 +38,8 @@ pub struct Metrics {
     pub publish_confirm: Histogram,
     pub amqp_publishes: IntCounterVec,
     pub spool_events: IntGauge,
+    pub spooled: IntCounterVec,
+    pub spool_quarantined: IntCounter,
     pub broker_connected: IntGauge,
     pub request_body_bytes: HistogramVec,
     pub open_connections: IntGauge,
@@ -82,6 +84,15 @@ impl Metrics {
             "Publishes to RabbitMQ by outcome (ack, nack, returned, error, timeout).",
             &["outcome"],
         );
+        let spooled = counter_vec(
+            "hookgate_spooled_total",
+            "Events written to the spool, by why the broker did not take them (timeout, not_connected, ...).",
+            &["reason"],
+        );
+        let spool_quarantined =
+            IntCounter::new("hookgate_spool_quarantined_total", "Corrupt spool ranges copied aside at start.")
+                .expect("valid counter");
+        registry.register(Box::new(spool_quarantined.clone())).expect("registered once");
         let tls_handshake_failures =
             counter_vec("hookgate_tls_handshake_failures_total", "TLS handshakes that failed.", &["reason"]);
         let publish_retries = IntCounter::new("hookgate_publish_retries_total", "Publishes to RabbitMQ tried again.")
@@ -122,6 +133,8 @@ impl Metrics {
             publish_retries,
             publish_confirm,
             amqp_publishes,
+            spooled,
+            spool_quarantined,
             request_body_bytes,
             tls_handshake_failures,
         }

@@ -2,7 +2,8 @@
 //! module, and every failure is a [`PipelineError`] turned into an answer by `respond.rs`.
 //!
 //! ```text
-//! route → head auth → read body → auth → parse → normalize → dedup claim → store (publish) → respond
+//! route → head auth → read body → auth → parse → normalize → dedup claim → order check → store (broker or
+//! spool) → dedup done (durable) → respond
 //! ```
 //!
 //! The whole path runs under the source's answer deadline (`ack_timeout` minus a margin): whatever the broker
@@ -24,6 +25,7 @@ use crate::event::Event;
 use crate::http::read_body;
 use crate::metrics::Metrics;
 use crate::normalize::{EventMeta, Fields};
+use crate::order::Order;
 use crate::parse::{self, Format, Payload};
 use crate::publish::Sink;
 use crate::respond::{self, Stored};
@@ -32,20 +34,29 @@ use crate::source::Source;
 
 /// Distinct `type` label values kept per source before the rest are counted as `other`.
 const MAX_TYPE_LABELS: usize = 64;
+/// A shared in-flight claim outlives the source's `ack_timeout` by this much (then a crashed holder's expires).
+const CLAIM_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything the request path needs.
 pub struct Gateway {
     pub router: Router,
     pub sink: Arc<dyn Sink>,
     pub dedup: Dedup,
+    pub order: Order,
     pub metrics: Metrics,
     pub body_read_timeout: Duration,
     type_labels: Mutex<HashSet<(Arc<str>, String)>>,
 }
 
 impl Gateway {
-    pub fn new(router: Router, sink: Arc<dyn Sink>, metrics: Metrics, body_read_timeout: Duration) -> Self {
-        Gateway { router, sink, dedup: Dedup::new(), metrics, body_read_timeout, type_labels: Mutex::default() }
+    pub fn new(
+        router: Router,
+        sink: Arc<dyn Sink>,
+        (dedup, order): (Dedup, Order),
+        metrics: Metrics,
+        body_read_timeout: Duration,
+    ) -> Self {
+        Gateway { router, sink, dedup, order, metrics, body_read_timeout, type_labels: Mutex::default() }
     }
 
     /// Answers one request.
@@ -107,18 +118,24 @@ impl Gateway {
         let (format, payload) = parse_body(&request)?;
         let params_query = (params, query_pairs(request.parts().uri.query()));
         let meta = normalize(source, &request, &payload, &params_query, format);
-        let event = build_event(source, &request, meta, format, &params_query)?;
+        let mut event = build_event(source, &request, meta, format, &params_query)?;
         *event_id = Some(event.id.clone());
-        let guard = match self.dedup.claim(&source.name, &event.id, deadline).await {
+        let guard = match self.dedup.claim(&source.name, &event.id, source.ack_timeout + CLAIM_GRACE, deadline).await {
             Claim::Duplicate => {
                 self.metrics.retries.with_label_values(&[&source.name]).inc();
                 return Ok(Stored::Duplicate);
             }
             Claim::Busy => return Err(PipelineError::InFlight),
+            Claim::Unavailable => return Err(PipelineError::DedupUnavailable),
             Claim::New(guard) => guard,
         };
+        if self.order.observe(&event, source.dedup_window).await {
+            event.out_of_order = true;
+            self.metrics.out_of_order.with_label_values(&[&source.name]).inc();
+        }
+        // A failure drops the guard, which releases the claim: the provider's retry is admitted.
         self.sink.store(&event, deadline).await?;
-        guard.complete(source.dedup_window);
+        guard.complete(source.dedup_window).await;
         let type_label = self.type_label(&source.name, &event.kind);
         self.metrics.events.with_label_values(&[source.name.as_ref(), type_label.as_str()]).inc();
         self.metrics.request_body_bytes.with_label_values(&[&source.name]).observe(event.body.len() as f64);

@@ -6,7 +6,8 @@
 //! back-off when it fails. While it is down, publishing fails at once, so the caller can answer (or, with the
 //! spool, store locally) well inside the provider's deadline.
 //!
-//! The request path sees only the [`Sink`] trait; the spool wraps the publisher behind the same trait.
+//! The request path sees only the [`Sink`] trait; [`crate::store::Store`] wraps the publisher and the spool
+//! behind the same trait.
 //!
 //! Layout: `message.rs` builds the CloudEvents AMQP message, `channel.rs` publishes on one confirm channel and
 //! correlates returned (unroutable) messages, `supervisor.rs` owns the connection.
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
+use crate::store::StoreError;
 
 pub use message::amqp_message;
 
@@ -47,10 +49,25 @@ pub enum PublishError {
     Encode(&'static str),
 }
 
+impl PublishError {
+    /// A closed label value for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PublishError::NotConnected => "not_connected",
+            PublishError::Blocked => "blocked",
+            PublishError::Timeout => "timeout",
+            PublishError::Nack => "nack",
+            PublishError::Returned => "returned",
+            PublishError::Channel(_) => "channel",
+            PublishError::Encode(_) => "encode",
+        }
+    }
+}
+
 /// Where the request path stores an accepted event. `Ok` means durable.
 pub trait Sink: Send + Sync {
     /// Stores `event`, giving up at `deadline`.
-    fn store<'a>(&'a self, event: &'a Event, deadline: Instant) -> BoxFuture<'a, Result<(), PublishError>>;
+    fn store<'a>(&'a self, event: &'a Event, deadline: Instant) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Whether the sink can take events now (for `/readyz`).
     fn ready(&self) -> bool;
@@ -104,11 +121,25 @@ impl Publisher {
         self.ready()
     }
 
+    /// Whether the connection is up and not blocked.
+    pub fn is_connected(&self) -> bool {
+        self.pool().is_some_and(|p| !p.blocked())
+    }
+
+    /// `broker.publish_timeout`.
+    pub fn publish_timeout(&self) -> Duration {
+        self.shared.settings.publish_timeout
+    }
+
     fn pool(&self) -> Option<Arc<supervisor::Pool>> {
         self.shared.pool.read().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    async fn publish(&self, event: &Event, deadline: Instant) -> Result<(), PublishError> {
+    /// Publishes one event and waits for its confirm, until `deadline` or `broker.publish_timeout`.
+    ///
+    /// # Errors
+    /// Every way the broker can fail to confirm, as a [`PublishError`].
+    pub async fn publish(&self, event: &Event, deadline: Instant) -> Result<(), PublishError> {
         let pool = self.pool().ok_or(PublishError::NotConnected)?;
         if pool.blocked() {
             return Err(PublishError::Blocked);
@@ -139,11 +170,11 @@ impl Publisher {
 }
 
 impl Sink for Publisher {
-    fn store<'a>(&'a self, event: &'a Event, deadline: Instant) -> BoxFuture<'a, Result<(), PublishError>> {
-        Box::pin(self.publish(event, deadline))
+    fn store<'a>(&'a self, event: &'a Event, deadline: Instant) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move { Ok(self.publish(event, deadline).await?) })
     }
 
     fn ready(&self) -> bool {
-        self.pool().is_some_and(|p| !p.blocked())
+        self.is_connected()
     }
 }

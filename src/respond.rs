@@ -111,6 +111,11 @@ mod tests {
         let u = PipelineError::Unavailable(PublishError::Returned);
         assert_eq!(row(Err(u)), (503, "Store Unavailable", "unroutable".into()));
         assert_eq!(row(Err(PipelineError::Deadline)), (503, "Store Unavailable", "unavailable".into()));
+        let f = PipelineError::Spool(crate::spool::SpoolError::Full);
+        assert_eq!(row(Err(f)), (503, "Store Unavailable", "spool_full".into()));
+        let d = PipelineError::Spool(crate::spool::SpoolError::Io(std::io::Error::other("disk")));
+        assert_eq!(row(Err(d)), (503, "Store Unavailable", "spool_error".into()));
+        assert_eq!(row(Err(PipelineError::DedupUnavailable)), (503, "Store Unavailable", "unavailable".into()));
     }
 
     #[test]

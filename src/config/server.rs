@@ -131,6 +131,9 @@ pub struct Storage {
     /// `redis://` URL of the dedup and order state shared by replicas.
     #[serde(serialize_with = "serialize_url", skip_serializing_if = "Option::is_none", default)]
     pub shared: Option<String>,
+    /// Prefix of every Redis key (`<prefix>:dedup:...`), so several deployments can share one Redis.
+    #[serde(default = "default_shared_prefix")]
+    pub shared_prefix: String,
     pub spool_key_file: Option<PathBuf>,
     pub spool_key_env: Option<String>,
     #[serde(default = "default_spool_max_bytes")]
@@ -142,6 +145,7 @@ impl Default for Storage {
         Storage {
             data_dir: default_data_dir(),
             shared: None,
+            shared_prefix: default_shared_prefix(),
             spool_key_file: None,
             spool_key_env: None,
             spool_max_bytes: default_spool_max_bytes(),
@@ -225,6 +229,9 @@ fn default_publish_timeout() -> Dur {
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("data")
+}
+fn default_shared_prefix() -> String {
+    "hookgate".into()
 }
 fn default_spool_max_bytes() -> u64 {
     1 << 30

@@ -1,7 +1,8 @@
-//! The broker down, stalled or unable to route: never a 200, always an answer inside the deadline, and
-//! publishing resumes without a restart.
+//! The broker down, stalled or unable to route. Down or stalled: every delivery is spooled and answered
+//! `200 Stored` inside its deadline, and after recovery each event arrives exactly once, in receipt order.
+//! Unroutable: never a 200, never spooled.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -34,53 +35,100 @@ async fn wait_status(gw: &Gateway, path: &str, want: u16) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_down_gives_503_fast_and_recovery_needs_no_restart() {
+async fn broker_outage_spools_and_delivers_each_event_once_in_receipt_order() {
     let proxy = Proxy::start().await;
     let gw = Gateway::start_with(SOURCES, &proxy.url(), HashMap::new()).await;
     gw.wait_ready().await;
     let mut q = gw.queue("#").await;
-    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"a","n":1}"#).await;
+    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"a","n":-1}"#).await;
     assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
-    assert_eq!(q.exactly_one(Duration::from_secs(5)).await.body, br#"{"event":"a","n":1}"#);
+    assert_eq!(q.exactly_one(Duration::from_secs(5)).await.body, br#"{"event":"a","n":-1}"#);
 
     proxy.cut();
-    wait_status(&gw, "/readyz", 503).await;
-    assert_eq!(gw.metric("hookgate_broker_connected").await, 0.0);
-    for (path, status) in [("/webhooks/generic", 503), ("/webhooks/tyro", 500)] {
+    gw.wait_metric("hookgate_broker_connected", 0.0).await;
+    let mut sent = Vec::new();
+    for n in 0..30 {
+        let (path, body) = if n % 3 == 0 {
+            ("/webhooks/tyro", format!(r#"{{"event":"paid","transactionId":"t{n}"}}"#))
+        } else {
+            ("/webhooks/generic", format!(r#"{{"event":"b","n":{n}}}"#))
+        };
         let started = Instant::now();
-        let r = gw.post(path, &JSON, br#"{"event":"b","n":2}"#).await;
-        assert_eq!((r.status, r.reason.as_str()), (status, "Store Unavailable"), "{path}");
-        assert!(started.elapsed() < Duration::from_secs(2), "answered at once, not at the deadline");
+        let r = gw.post(path, &JSON, body.as_bytes()).await;
+        assert_eq!((r.status, r.reason.as_str()), (200, "Stored"), "{path} {n}");
+        assert!(started.elapsed() < ANSWER_WITHIN, "answered inside the deadline");
+        sent.push(body.into_bytes());
     }
-    assert_eq!(gw.metric("hookgate_posting_errors_total{reason=\"unavailable\",source=\"generic\"}").await, 1.0);
+    // Concurrent deliveries during the outage are spooled too.
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let c = Gateway::client_for(gw.addr);
+            tokio::spawn(async move {
+                let body = format!(r#"{{"event":"c","n":{n}}}"#);
+                let started = Instant::now();
+                let r = c.post("/webhooks/generic", &JSON, body.as_bytes()).await;
+                (r.status, started.elapsed(), body.into_bytes())
+            })
+        })
+        .collect();
+    let mut concurrent = BTreeSet::new();
+    for t in tasks {
+        let (status, took, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(took < ANSWER_WITHIN);
+        concurrent.insert(body);
+    }
+    assert_eq!(gw.metric("hookgate_spool_events").await, 50.0);
+    assert_eq!(gw.admin_get("/readyz").await.0, 200, "the spool can take events");
 
     proxy.restore().await;
-    wait_status(&gw, "/readyz", 200).await;
-    // The provider's retry of the failed delivery is admitted (the failure did not leave a dedup record).
-    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"b","n":2}"#).await;
-    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
-    let m = q.exactly_one(Duration::from_secs(5)).await;
-    assert_eq!(m.body, br#"{"event":"b","n":2}"#);
-    assert_eq!(gw.metric("hookgate_broker_connected").await, 1.0);
+    for (i, want) in sent.iter().enumerate() {
+        let m = q.next(Duration::from_secs(10)).await.unwrap_or_else(|| panic!("event {i} not delivered"));
+        assert_eq!(&m.body, want, "receipt order");
+    }
+    let mut got = BTreeSet::new();
+    for _ in 0..20 {
+        got.insert(q.next(Duration::from_secs(5)).await.expect("concurrent event delivered").body);
+    }
+    assert_eq!(got, concurrent);
+    assert!(q.next(Duration::from_millis(500)).await.is_none(), "each event exactly once");
+    gw.wait_metric("hookgate_spool_events", 0.0).await;
+    assert!(gw.metric("hookgate_publish_retries_total").await >= 50.0);
+    assert!(gw.metric("hookgate_spooled_total{reason=\"not_connected\"}").await >= 1.0);
+    assert!(gw.metric("hookgate_spooled_total{reason=\"behind_spool\"}").await >= 40.0);
+    // Retries of spooled events are duplicates.
+    let r = gw.post("/webhooks/generic", &JSON, &sent[1]).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Duplicate"));
     q.close().await;
     gw.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_never_confirms_gives_503_before_the_deadline() {
+async fn a_broker_that_never_confirms_gets_the_event_spooled_before_the_deadline() {
     let proxy = Proxy::start().await;
     let gw = Gateway::start_with(SOURCES, &proxy.url(), HashMap::new()).await;
     gw.wait_ready().await;
+    let mut q = gw.queue("#").await;
     proxy.stall(true);
     let started = Instant::now();
     let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"stalled"}"#).await;
     let took = started.elapsed();
-    assert_eq!((r.status, r.reason.as_str()), (503, "Store Unavailable"));
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
     // publish_timeout is 1 s in the test config: the answer waits for it, and no longer than the deadline.
     assert!(took >= Duration::from_millis(900) && took < ANSWER_WITHIN, "answered after {took:?}");
     assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"timeout\"}").await, 1.0);
+    assert_eq!(gw.metric("hookgate_spooled_total{reason=\"timeout\"}").await, 1.0);
     proxy.stall(false);
-    proxy.cut();
+    // The timed-out publish may still land, besides the spooled copy: at least once, at most twice
+    // (docs/delivery-semantics.md).
+    let m = q.next(Duration::from_secs(10)).await.expect("delivered after the stall");
+    assert_eq!(m.body, br#"{"event":"stalled"}"#);
+    if let Some(second) = q.next(Duration::from_secs(2)).await {
+        assert_eq!(second.body, m.body);
+    }
+    assert!(q.next(Duration::from_millis(300)).await.is_none());
+    gw.wait_metric("hookgate_spool_events", 0.0).await;
+    q.close().await;
     gw.stop().await;
 }
 
@@ -89,18 +137,17 @@ async fn broker_unreachable_at_start() {
     let proxy = Proxy::start().await;
     proxy.cut();
     let gw = Gateway::start_with(SOURCES, &proxy.url(), HashMap::new()).await;
-    assert_eq!(gw.admin_get("/readyz").await.0, 503);
     assert_eq!(gw.admin_get("/healthz").await.0, 200);
+    wait_status(&gw, "/readyz", 200).await; // the spool can take events
     let started = Instant::now();
     let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"early"}"#).await;
-    assert_eq!((r.status, r.reason.as_str()), (503, "Store Unavailable"));
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
     assert!(started.elapsed() < Duration::from_secs(2));
-    proxy.restore().await;
-    wait_status(&gw, "/readyz", 200).await;
     let mut q = gw.queue("#").await;
+    proxy.restore().await;
+    assert_eq!(q.exactly_one(Duration::from_secs(10)).await.body, br#"{"event":"early"}"#);
     let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"early"}"#).await;
-    assert_eq!(r.status, 200);
-    q.exactly_one(Duration::from_secs(5)).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Duplicate"));
     q.close().await;
     gw.stop().await;
 }
@@ -111,8 +158,11 @@ async fn unroutable_events_are_never_acknowledged() {
     let gw = Gateway::start(SOURCES).await;
     let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"lost?"}"#).await;
     assert_eq!((r.status, r.reason.as_str()), (503, "Store Unavailable"));
+    let r = gw.post("/webhooks/tyro", &JSON, br#"{"event":"paid","transactionId":"lost"}"#).await;
+    assert_eq!((r.status, r.reason.as_str()), (500, "Store Unavailable"));
     assert_eq!(gw.metric("hookgate_posting_errors_total{reason=\"unroutable\",source=\"generic\"}").await, 1.0);
-    assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"returned\"}").await, 1.0);
+    assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"returned\"}").await, 2.0);
+    assert_eq!(gw.metric("hookgate_spool_events").await, 0.0, "never spooled");
     // Concurrent unroutable and routable publishes on the same channels are told apart by message id.
     let mut q = gw.queue("generic.routed").await;
     let mut tasks = Vec::new();

@@ -54,14 +54,32 @@ pub fn fixture(name: &str) -> Vec<u8> {
 
 // === impl Gateway ===
 
-/// A running gateway with its own exchange.
+/// A running gateway with its own exchange and its own `storage.data_dir`.
 pub struct Gateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub exchange: String,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub shutdown: CancellationToken,
+    /// The data dir: a fresh temp dir unless the test passed its own (to restart on the same state).
+    pub data_dir: std::path::PathBuf,
+    _data: Option<tempfile::TempDir>,
     app: Option<hookgate::App>,
+}
+
+/// What [`Gateway::start_opts`] may set beyond the sources.
+#[derive(Default)]
+pub struct Opts {
+    /// Extra `[server]` keys.
+    pub server: String,
+    /// Extra `[storage]` keys (besides `data_dir`).
+    pub storage: String,
+    /// Reuse a data dir (a restart); default: a fresh temp dir.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Reuse an exchange (a restart); default: a unique one.
+    pub exchange: Option<String>,
+    /// Wait for /readyz (default true when the broker is the shared one).
+    pub no_wait: bool,
 }
 
 /// Config text common to every test gateway: loopback listeners are bound by the harness.
@@ -90,8 +108,26 @@ impl Gateway {
 
     /// Full control: extra `[server]` keys, the rest of the config, the broker URL and the environment.
     pub async fn start_full(server: &str, extra: &str, amqp: &str, env: HashMap<String, String>) -> Gateway {
-        let exchange = unique("hookgate-test");
-        let text = format!("{}{extra}", base_config(&exchange, amqp, server));
+        Gateway::start_opts(extra, amqp, env, Opts { server: server.to_string(), ..Opts::default() }).await
+    }
+
+    /// Everything configurable, including storage and restarts on the same data dir and exchange.
+    pub async fn start_opts(extra: &str, amqp: &str, env: HashMap<String, String>, opts: Opts) -> Gateway {
+        let exchange = opts.exchange.unwrap_or_else(|| unique("hookgate-test"));
+        let (data, data_dir) = match opts.data_dir {
+            Some(d) => (None, d),
+            None => {
+                let t = tempfile::tempdir().expect("tempdir");
+                let d = t.path().to_path_buf();
+                (Some(t), d)
+            }
+        };
+        let text = format!(
+            "{}{extra}\n[storage]\ndata_dir = \"{}\"\n{}",
+            base_config(&exchange, amqp, &opts.server),
+            data_dir.display(),
+            opts.storage
+        );
         let config =
             Config::parse(&text).and_then(Config::validate).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
         let listeners = hookgate::Listeners {
@@ -100,9 +136,17 @@ impl Gateway {
         };
         let shutdown = CancellationToken::new();
         let app = hookgate::App::start(&config, &env, listeners, shutdown.clone()).await.expect("gateway starts");
-        let gw =
-            Gateway { addr: app.public_addr, admin: app.admin_addr, exchange, tls: None, shutdown, app: Some(app) };
-        if amqp == amqp_url() {
+        let gw = Gateway {
+            addr: app.public_addr,
+            admin: app.admin_addr,
+            exchange,
+            tls: None,
+            shutdown,
+            data_dir,
+            _data: data,
+            app: Some(app),
+        };
+        if amqp == amqp_url() && !opts.no_wait {
             gw.wait_ready().await;
         }
         gw
@@ -113,10 +157,11 @@ impl Gateway {
         Client { addr }
     }
 
-    /// Waits (up to 15 s) until `/readyz` answers 200.
+    /// Waits (up to 15 s) until `/readyz` answers 200 and the broker is connected (with the spool, a gateway is
+    /// ready before that, but tests want their first event published directly).
     pub async fn wait_ready(&self) {
         for _ in 0..300 {
-            if self.admin_get("/readyz").await.0 == 200 {
+            if self.admin_get("/readyz").await.0 == 200 && self.metric("hookgate_broker_connected").await == 1.0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -160,6 +205,17 @@ impl Gateway {
         metric_value(&text, series)
     }
 
+    /// Waits (up to 15 s) until a metric series has `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        for _ in 0..300 {
+            if self.metric(series).await == value {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{series} did not reach {value} within 15 s (now {})", self.metric(series).await);
+    }
+
     /// Writes raw bytes on a plain connection and returns what the gateway answered until it closed or 3 s passed.
     pub async fn raw(&self, bytes: &[u8]) -> String {
         let mut stream = TcpStream::connect(self.addr).await.expect("connect");
@@ -171,6 +227,12 @@ impl Gateway {
 
     /// Stops the gateway and waits for it; then deletes its exchange.
     pub async fn stop(mut self) {
+        self.halt().await;
+        delete_exchange(&self.exchange).await;
+    }
+
+    /// Stops the gateway and waits for it, keeping its exchange and data dir (to start it again).
+    pub async fn halt(&mut self) {
         self.shutdown.cancel();
         if let Some(app) = self.app.take() {
             tokio::time::timeout(Duration::from_secs(30), app.wait())
@@ -178,7 +240,11 @@ impl Gateway {
                 .expect("stops in time")
                 .expect("clean stop");
         }
-        delete_exchange(&self.exchange).await;
+    }
+
+    /// Takes ownership of the temp data dir (so it outlives this gateway, for a restart).
+    pub fn keep_data(&mut self) -> Option<tempfile::TempDir> {
+        self._data.take()
     }
 }
 
@@ -202,7 +268,7 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn delete_exchange(name: &str) {
+pub async fn delete_exchange(name: &str) {
     let conn = broker().await;
     if let Ok(ch) = conn.create_channel().await {
         let _ = ch.exchange_delete(name.into(), Default::default()).await;

@@ -1,0 +1,91 @@
+//! Out-of-order detection (SPEC §3): an event whose `time` is earlier than, or whose `rank` is below, the
+//! latest already seen for the same `(source, subject)` is still published, flagged `cloudEvents_outoforder`.
+//!
+//! # Invariants
+//!
+//! - The state per subject is the maximum time and the maximum rank seen, each kept on its own; it only grows.
+//! - It is checked and raised in one step (under a lock here; a Lua compare-and-set in Redis with
+//!   `storage.shared`), after the dedup claim, so a provider retry is never compared with itself.
+//! - The state is advisory: it is persisted in the next state commit (not awaited) and kept for the source's
+//!   `dedup_window`. A failed read counts the event as in order.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::dedup::redis::Shared;
+use crate::event::Event;
+use crate::state::{now_ms, Op, State};
+
+/// Subjects remembered in memory before the cache starts over (the database keeps them all).
+const CACHE: usize = 100_000;
+
+/// The order state.
+pub struct Order {
+    state: State,
+    shared: Option<Shared>,
+    /// Latest (time ms or `i64::MIN`, rank) per key, in front of the database.
+    cache: Mutex<HashMap<String, (i64, u8)>>,
+}
+
+impl Order {
+    pub fn new(state: State, shared: Option<Shared>) -> Self {
+        Order { state, shared, cache: Mutex::default() }
+    }
+
+    /// Records `event` and answers whether it arrived after a later one for the same subject.
+    pub async fn observe(&self, event: &Event, window: Duration) -> bool {
+        let Some(subject) = &event.subject else { return false };
+        if event.time.is_none() && event.rank.is_none() {
+            return false;
+        }
+        let key = crate::dedup::key(&event.source, subject);
+        let time = event.time.map(|t| t.timestamp_millis());
+        let rank = event.rank.unwrap_or(0);
+        if let Some(shared) = &self.shared {
+            match shared.observe_order(&key, time, rank, window).await {
+                Ok(late) => return late,
+                Err(error) => tracing::warn!(%error, "shared order state unavailable; using the local one"),
+            }
+        }
+        self.observe_local(key, time.unwrap_or(i64::MIN), rank, window)
+    }
+
+    fn observe_local(&self, key: String, time: i64, rank: u8, window: Duration) -> bool {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let current = match cache.get(&key) {
+            Some(c) => Some(*c),
+            None => self.state.order_of(&key).ok().flatten().map(|(t, r, _)| (t, r)),
+        };
+        let (late, max) = compare(current, time, rank);
+        if cache.len() >= CACHE {
+            cache.clear();
+        }
+        cache.insert(key.clone(), max);
+        drop(cache);
+        let expires_ms = now_ms() + u64::try_from(window.as_millis()).unwrap_or(u64::MAX / 2);
+        self.state.write_later(vec![Op::Order { key, time_ms: max.0, rank: max.1, expires_ms }]);
+        late
+    }
+}
+
+/// Whether (time, rank) is behind `current`, and the new maximum. `i64::MIN` / 0 mean "none".
+fn compare(current: Option<(i64, u8)>, time: i64, rank: u8) -> (bool, (i64, u8)) {
+    let Some((ct, cr)) = current else { return (false, (time, rank)) };
+    let late = (time != i64::MIN && time < ct) || (rank > 0 && rank < cr);
+    (late, (time.max(ct), rank.max(cr)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_time_or_lower_rank_is_late() {
+        assert_eq!(compare(None, 10, 1), (false, (10, 1)));
+        assert_eq!(compare(Some((10, 2)), 5, 3), (true, (10, 3)), "earlier time");
+        assert_eq!(compare(Some((10, 2)), 20, 1), (true, (20, 2)), "lower rank (settlement before approval)");
+        assert_eq!(compare(Some((10, 2)), 20, 2), (false, (20, 2)));
+        assert_eq!(compare(Some((10, 2)), i64::MIN, 0), (false, (10, 2)), "nothing to compare");
+    }
+}

@@ -1,0 +1,230 @@
+//! The embedded state database (`<data_dir>/state.redb`, redb): the dedup index and the per-subject order
+//! state. The spool is not in here: it is its own append-only log (see `docs/architecture.md`, "Storage").
+//!
+//! # Invariants
+//!
+//! - Every write goes through one writer thread that commits batches: all writes waiting when a commit starts
+//!   share it (group commit) and each commit is fsynced (`Durability::Immediate`) before any waiter is told.
+//! - Tables: `dedup` (key → expiry, ms since the epoch), `order` (key → (max time ms, max rank, expiry ms)) and
+//!   `expiry` ((expiry ms, table tag + key) → ()), the index the purge walks instead of scanning the tables.
+//! - Keys are `<source>\u{1f}<id or subject>`; the unit separator cannot appear in a source name.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+const ORDER: TableDefinition<&str, (i64, u8, u64)> = TableDefinition::new("order");
+const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
+/// Writes queued for the writer before senders wait (backpressure, bounded memory).
+const QUEUE: usize = 4096;
+/// Most writes in one commit.
+const BATCH: usize = 512;
+
+/// A failed state read or write.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("state database: {0}")]
+pub struct StateError(pub String);
+
+fn err(e: impl std::fmt::Display) -> StateError {
+    StateError(e.to_string())
+}
+
+/// One write.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// The event id is stored until `expires_ms`.
+    Done { key: String, expires_ms: u64 },
+    /// The latest (time, rank) seen for a subject, kept until `expires_ms`.
+    Order { key: String, time_ms: i64, rank: u8, expires_ms: u64 },
+    /// Drops entries that expired before `now_ms`.
+    Purge { now_ms: u64 },
+}
+
+struct Job {
+    ops: Vec<Op>,
+    done: Option<oneshot::Sender<Result<(), StateError>>>,
+}
+
+/// The open database and its writer. Cheap to clone.
+#[derive(Clone)]
+pub struct State {
+    db: Arc<Database>,
+    tx: mpsc::Sender<Job>,
+}
+
+impl State {
+    /// Opens (creating) `<data_dir>/state.redb` and starts the writer thread.
+    ///
+    /// # Errors
+    /// The file cannot be created or opened (also: another process holds it).
+    pub fn open(data_dir: &Path) -> Result<State, StateError> {
+        std::fs::create_dir_all(data_dir).map_err(err)?;
+        let db = Arc::new(open_db(&data_dir.join("state.redb"))?);
+        let txn = db.begin_write().map_err(err)?;
+        txn.open_table(DEDUP).map_err(err)?;
+        txn.open_table(ORDER).map_err(err)?;
+        txn.open_table(EXPIRY).map_err(err)?;
+        txn.commit().map_err(err)?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer_db = db.clone();
+        std::thread::Builder::new().name("hookgate-state".into()).spawn(move || writer(&writer_db, rx)).map_err(err)?;
+        Ok(State { db, tx })
+    }
+
+    /// Applies `ops` durably; returns after the fsync of the commit that holds them.
+    ///
+    /// # Errors
+    /// The commit failed, or the writer is gone.
+    pub async fn write(&self, ops: Vec<Op>) -> Result<(), StateError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Job { ops, done: Some(done) }).await.map_err(|_| StateError("writer stopped".into()))?;
+        wait.await.map_err(|_| StateError("writer stopped".into()))?
+    }
+
+    /// Queues `ops` without waiting (advisory state, e.g. order maxima); dropped when the queue is full.
+    pub fn write_later(&self, ops: Vec<Op>) {
+        let _ = self.tx.try_send(Job { ops, done: None });
+    }
+
+    /// The expiry of a stored event id.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn done_until(&self, key: &str) -> Result<Option<u64>, StateError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(DEDUP).map_err(err)?;
+        Ok(table.get(key).map_err(err)?.map(|v| v.value()))
+    }
+
+    /// The stored (max time ms, max rank, expiry ms) of a subject.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn order_of(&self, key: &str) -> Result<Option<(i64, u8, u64)>, StateError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(ORDER).map_err(err)?;
+        Ok(table.get(key).map_err(err)?.map(|v| v.value()))
+    }
+}
+
+/// Opens the file; a database still held by a writer thread that is stopping is waited for briefly.
+fn open_db(path: &Path) -> Result<Database, StateError> {
+    let mut tries = 0;
+    loop {
+        match Database::create(path) {
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 40 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StateError("already open by another process (is a gateway running?)".into()))
+            }
+            other => return other.map_err(err),
+        }
+    }
+}
+
+fn writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut jobs = vec![first];
+        while jobs.len() < BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = commit(db, jobs.iter().flat_map(|j| j.ops.iter()));
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "state commit failed");
+        }
+        for job in jobs {
+            if let Some(done) = job.done {
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+}
+
+fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), StateError> {
+    let mut txn = db.begin_write().map_err(err)?;
+    txn.set_durability(Durability::Immediate);
+    {
+        let mut dedup = txn.open_table(DEDUP).map_err(err)?;
+        let mut order = txn.open_table(ORDER).map_err(err)?;
+        let mut expiry = txn.open_table(EXPIRY).map_err(err)?;
+        for op in ops {
+            match op {
+                Op::Done { key, expires_ms } => {
+                    dedup.insert(key.as_str(), *expires_ms).map_err(err)?;
+                    expiry.insert((*expires_ms, format!("d{key}").as_str()), ()).map_err(err)?;
+                }
+                Op::Order { key, time_ms, rank, expires_ms } => {
+                    order.insert(key.as_str(), (*time_ms, *rank, *expires_ms)).map_err(err)?;
+                    expiry.insert((*expires_ms, format!("o{key}").as_str()), ()).map_err(err)?;
+                }
+                Op::Purge { now_ms } => purge(&mut dedup, &mut order, &mut expiry, *now_ms)?,
+            }
+        }
+    }
+    txn.commit().map_err(err)
+}
+
+type Table<'t, K, V> = redb::Table<'t, K, V>;
+
+fn purge(
+    dedup: &mut Table<&str, u64>,
+    order: &mut Table<&str, (i64, u8, u64)>,
+    expiry: &mut Table<(u64, &str), ()>,
+    now_ms: u64,
+) -> Result<(), StateError> {
+    let mut expired = Vec::new();
+    for entry in expiry.range((0, "")..(now_ms, "")).map_err(err)? {
+        let (k, _) = entry.map_err(err)?;
+        let (at, tagged) = k.value();
+        expired.push((at, tagged.to_string()));
+    }
+    for (at, tagged) in expired {
+        expiry.remove((at, tagged.as_str())).map_err(err)?;
+        // A later write may have extended the entry: only remove what really expired.
+        let key = tagged.get(1..).unwrap_or_default();
+        if tagged.starts_with('d') && dedup.get(key).map_err(err)?.is_some_and(|v| v.value() <= now_ms) {
+            dedup.remove(key).map_err(err)?;
+        } else if tagged.starts_with('o') && order.get(key).map_err(err)?.is_some_and(|v| v.value().2 <= now_ms) {
+            order.remove(key).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_are_read_back_and_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let now = now_ms();
+        s.write(vec![
+            Op::Done { key: "a\u{1f}1".into(), expires_ms: now + 60_000 },
+            Op::Done { key: "a\u{1f}2".into(), expires_ms: now - 1 },
+            Op::Order { key: "a\u{1f}tx".into(), time_ms: 5, rank: 2, expires_ms: now - 1 },
+        ])
+        .await
+        .unwrap();
+        assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(now + 60_000));
+        assert_eq!(s.order_of("a\u{1f}tx").unwrap(), Some((5, 2, now - 1)));
+        s.write(vec![Op::Purge { now_ms: now }]).await.unwrap();
+        assert_eq!(s.done_until("a\u{1f}2").unwrap(), None);
+        assert_eq!(s.order_of("a\u{1f}tx").unwrap(), None);
+        assert!(s.done_until("a\u{1f}1").unwrap().is_some());
+    }
+}

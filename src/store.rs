@@ -1,0 +1,78 @@
+//! The durable sink: the broker first, the spool when the broker cannot confirm in time (SPEC §2).
+//!
+//! `Ok` from [`Store`] means one of: RabbitMQ confirmed the persistent message, or the event was appended to the
+//! spool and fsynced. Broker failures that a later publish can cure (not connected, blocked, no confirm before
+//! `broker.publish_timeout`, nack, channel error) go to the spool. An unroutable event (returned: no queue bound
+//! and no alternate exchange) is not spooled — it would be returned again — and fails, so the provider retries.
+//!
+//! While the spool holds records (and until the start-up replay has finished) new events go straight to the
+//! spool, behind the older ones, so the drainer publishes everything in receipt order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+
+use crate::event::Event;
+use crate::metrics::Metrics;
+use crate::publish::{PublishError, Publisher, Sink};
+use crate::spool::{Spool, SpoolError};
+
+/// Kept from the answer deadline for the spool append after a broker attempt.
+const SPOOL_RESERVE: Duration = Duration::from_millis(250);
+
+/// Why an event is not durable.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+}
+
+/// Broker + spool behind the [`Sink`] trait.
+pub struct Store {
+    publisher: Publisher,
+    spool: Spool,
+    /// True once the drainer has seen the spool empty after start.
+    replayed: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+impl Store {
+    pub fn new(publisher: Publisher, spool: Spool, replayed: Arc<AtomicBool>, metrics: Metrics) -> Self {
+        Store { publisher, spool, replayed, metrics }
+    }
+
+    async fn store(&self, event: &Event, deadline: Instant) -> Result<(), StoreError> {
+        if !self.spool.is_empty() || !self.replayed.load(Ordering::Acquire) {
+            return self.spool_it(event, "behind_spool").await;
+        }
+        let broker_deadline = deadline.checked_sub(SPOOL_RESERVE).unwrap_or(deadline).max(Instant::now());
+        match self.publisher.publish(event, broker_deadline).await {
+            Ok(()) => Ok(()),
+            Err(e @ (PublishError::Returned | PublishError::Encode(_))) => Err(e.into()),
+            Err(e) => self.spool_it(event, e.kind()).await,
+        }
+    }
+
+    async fn spool_it(&self, event: &Event, why: &'static str) -> Result<(), StoreError> {
+        let seq = self.spool.append(event).await?;
+        self.metrics.spool_events.set(i64::try_from(self.spool.len()).unwrap_or(i64::MAX));
+        self.metrics.spooled.with_label_values(&[why]).inc();
+        tracing::debug!(seq, why, "event spooled");
+        Ok(())
+    }
+}
+
+impl Sink for Store {
+    fn store<'a>(&'a self, event: &'a Event, deadline: Instant) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(Store::store(self, event, deadline))
+    }
+
+    fn ready(&self) -> bool {
+        self.replayed.load(Ordering::Acquire) && (self.publisher.is_connected() || self.spool.can_take())
+    }
+}
