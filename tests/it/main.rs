@@ -4,5 +4,7 @@ mod support;
 
 mod broker_failures;
 mod cli;
+mod dedup;
 mod ingest;
 mod listener;
+mod spool;

@@ -261,6 +261,44 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A POST that may fail (the gateway was killed): `None` when no answer came.
+    pub async fn try_post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Resp> {
+        let stream = TcpStream::connect(self.addr).await.ok()?;
+        try_send(stream, build_request("POST", path, headers, body)).await
+    }
+
+    /// A GET that may fail: status and body.
+    pub async fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        let stream = TcpStream::connect(self.addr).await.ok()?;
+        let r = try_send(stream, build_request("GET", path, &[], b"")).await?;
+        Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
+    }
+}
+
+/// A loopback port that was free a moment ago (for a gateway process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+async fn try_send<S>(io: S, req: http::Request<Full<Bytes>>) -> Option<Resp>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.ok()?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.ok()?;
+    let status = resp.status();
+    let reason = resp
+        .extensions()
+        .get::<hyper::ext::ReasonPhrase>()
+        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some(Resp { status: status.as_u16(), reason, headers, body })
+}
+
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))

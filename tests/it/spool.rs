@@ -1,0 +1,166 @@
+//! The spool under pressure: full, unwritable, encrypted at rest, a torn tail, and the `spool` CLI.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine;
+
+use crate::support::{amqp_url, base_config, delete_exchange, Gateway, Opts, Proxy};
+
+const SOURCES: &str = r#"
+[sources.generic]
+preset = "generic"
+unauthenticated = true
+"#;
+
+const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
+
+async fn down_gateway(storage: &str, env: HashMap<String, String>) -> (Proxy, Gateway) {
+    let proxy = Proxy::start().await;
+    let opts = Opts { storage: storage.to_string(), ..Opts::default() };
+    let gw = Gateway::start_opts(SOURCES, &proxy.url(), env, opts).await;
+    gw.wait_ready().await;
+    proxy.cut();
+    gw.wait_metric("hookgate_broker_connected", 0.0).await;
+    (proxy, gw)
+}
+
+/// Reads `n` messages and returns their bodies, asserting no more follow.
+async fn drain_queue(q: &mut crate::support::Queue, n: usize) -> Vec<Vec<u8>> {
+    let mut got = Vec::new();
+    for i in 0..n {
+        got.push(q.next(Duration::from_secs(10)).await.unwrap_or_else(|| panic!("message {i} of {n} missing")).body);
+    }
+    assert!(q.next(Duration::from_millis(500)).await.is_none(), "more than {n} messages");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_answers_503_and_loses_nothing() {
+    let (proxy, gw) = down_gateway("spool_max_bytes = 4096\n", HashMap::new()).await;
+    let mut q = gw.queue("#").await;
+    let (mut stored, mut refused) = (Vec::new(), Vec::new());
+    for n in 0..60 {
+        let body = format!(r#"{{"event":"fill","n":{n},"pad":"{}"}}"#, "x".repeat(100));
+        let r = gw.post("/webhooks/generic", &JSON, body.as_bytes()).await;
+        match (r.status, r.reason.as_str()) {
+            (200, "Stored") => stored.push(body.into_bytes()),
+            (503, "Store Unavailable") => refused.push(body.into_bytes()),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(stored.len() >= 10 && refused.len() >= 10, "{} stored, {} refused", stored.len(), refused.len());
+    let full = gw.metric("hookgate_posting_errors_total{reason=\"spool_full\",source=\"generic\"}").await;
+    assert_eq!(full, refused.len() as f64);
+    proxy.restore().await;
+    assert_eq!(drain_queue(&mut q, stored.len()).await, stored, "every stored event, in order");
+    gw.wait_metric("hookgate_spool_events", 0.0).await;
+    // The providers retry what was refused: now stored, each once.
+    for body in &refused {
+        assert_eq!(gw.post("/webhooks/generic", &JSON, body).await.reason, "Stored");
+    }
+    assert_eq!(drain_queue(&mut q, refused.len()).await, refused);
+    q.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_spool_directory_answers_503_and_loses_nothing() {
+    let (proxy, gw) = down_gateway("", HashMap::new()).await;
+    let mut q = gw.queue("#").await;
+    let spool = gw.data_dir.join("spool");
+    std::fs::remove_dir_all(&spool).unwrap();
+    std::fs::write(&spool, b"not a directory").unwrap();
+    let body = br#"{"event":"disk","n":1}"#;
+    let r = gw.post("/webhooks/generic", &JSON, body).await;
+    assert_eq!((r.status, r.reason.as_str()), (503, "Store Unavailable"));
+    assert_eq!(gw.metric("hookgate_posting_errors_total{reason=\"spool_error\",source=\"generic\"}").await, 1.0);
+    std::fs::remove_file(&spool).unwrap();
+    std::fs::create_dir(&spool).unwrap();
+    // The provider's retry is admitted (the failure released the claim) and spooled.
+    assert_eq!(gw.post("/webhooks/generic", &JSON, body).await.reason, "Stored");
+    proxy.restore().await;
+    assert_eq!(drain_queue(&mut q, 1).await, [body.to_vec()]);
+    q.close().await;
+    gw.stop().await;
+}
+
+fn files_contain(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).expect("readable dir").flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            files_contain(&p, needle)
+        } else {
+            std::fs::read(&p).unwrap_or_default().windows(needle.len()).any(|w| w == needle)
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spooled_payloads_are_encrypted_at_rest() {
+    let key = base64::engine::general_purpose::STANDARD.encode([42u8; 32]);
+    let env = HashMap::from([("HOOKGATE_TEST_SPOOL_KEY".to_string(), key)]);
+    let (proxy, gw) = down_gateway("spool_key_env = \"HOOKGATE_TEST_SPOOL_KEY\"\n", env).await;
+    let mut q = gw.queue("#").await;
+    let body = br#"{"event":"phi","PatientName":"ZEBRA-MARKER-4711","Card":"4111111111111111"}"#;
+    assert_eq!(gw.post("/webhooks/generic", &JSON, body).await.reason, "Stored");
+    assert_eq!(gw.metric("hookgate_spool_events").await, 1.0);
+    assert!(!files_contain(&gw.data_dir, b"ZEBRA-MARKER-4711"), "plaintext marker found under data_dir");
+    assert!(!files_contain(&gw.data_dir, b"4111111111111111"));
+    proxy.restore().await;
+    assert_eq!(drain_queue(&mut q, 1).await, [body.to_vec()]);
+    q.close().await;
+    gw.stop().await;
+}
+
+fn hookgate(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate")).args(args).output().expect("run hookgate");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_tail_is_cut_and_the_cli_reports_and_replays_the_rest() {
+    let (proxy, mut gw) = down_gateway("", HashMap::new()).await;
+    let data = gw.keep_data().expect("temp data dir");
+    let mut q = gw.queue("#").await;
+    let bodies: Vec<Vec<u8>> = (0..3).map(|n| format!(r#"{{"event":"torn","n":{n}}}"#).into_bytes()).collect();
+    for b in &bodies {
+        assert_eq!(gw.post("/webhooks/generic", &JSON, b).await.reason, "Stored");
+    }
+    gw.halt().await;
+    // A crash in the middle of the last write (one that was never acknowledged): cut its last bytes.
+    let spool = data.path().join("spool");
+    let seg = std::fs::read_dir(&spool)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"));
+    let seg = seg.expect("a segment");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 7).unwrap();
+    let config = data.path().join("hookgate.toml");
+    let text = format!(
+        "{}{SOURCES}[storage]\ndata_dir = \"{}\"\n",
+        base_config(&gw.exchange, &amqp_url(), ""),
+        data.path().display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let config = config.to_str().unwrap();
+    let (code, out, err) = hookgate(&["spool", "stats", "--config", config]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("records: 2"), "{out}\n{err}");
+    assert!(err.contains("torn bytes cut"), "{err}");
+    let (code, out, err) = hookgate(&["spool", "replay", "--config", config]);
+    assert_eq!((code, out.trim()), (0, "replayed: 2"), "{err}");
+    assert_eq!(drain_queue(&mut q, 2).await, bodies[..2].to_vec());
+    let (code, out, _) = hookgate(&["spool", "stats", "--config", config]);
+    assert_eq!(code, 0);
+    assert!(out.contains("records: 0"), "{out}");
+    let (code, out, _) = hookgate(&["spool", "replay", "--config", config]);
+    assert_eq!((code, out.trim()), (0, "replayed: 0"));
+    drop(proxy);
+    q.close().await;
+    delete_exchange(&gw.exchange).await;
+}
