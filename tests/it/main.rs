@@ -4,7 +4,9 @@ mod support;
 
 mod broker_failures;
 mod cli;
+mod crash;
 mod dedup;
 mod ingest;
 mod listener;
+mod shared;
 mod spool;
