@@ -24,7 +24,7 @@
 //!
 //! Cross-cutting: [`config`] (typed, strict, validated), [`source`] (a source built from config, secrets
 //! resolved), [`error`] (classification), [`metrics`] (every family; the admin listener), [`telemetry`],
-//! [`shutdown`].
+//! [`shutdown`]. Tools: [`tail`] (`hookgate tail`, prints what lands in the exchange).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -43,6 +43,7 @@ pub mod respond;
 pub mod router;
 pub mod shutdown;
 pub mod source;
+pub mod tail;
 pub mod telemetry;
 pub mod tls;
 

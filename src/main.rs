@@ -27,6 +27,15 @@ enum Command {
     Run,
     /// Validate the configuration and print it with every secret redacted.
     CheckConfig,
+    /// Print the events published to the exchange, one JSON line each (a development aid).
+    Tail {
+        /// The binding pattern (`#` for everything, `instamed.payment.*`, ...).
+        #[arg(long, default_value = "#")]
+        bind: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -51,6 +60,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&config),
         Command::Run => run(config),
+        Command::Tail { bind, count } => tail(&config, &bind, count),
     }
 }
 
@@ -68,6 +78,23 @@ fn check_config(config: &Config) -> ExitCode {
     }
     print!("{}", config.to_redacted_toml());
     ExitCode::SUCCESS
+}
+
+fn tail(config: &Config, bind: &str, count: Option<u64>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hookgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(hookgate::tail::run(config, &ProcessEnv, bind, count)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hookgate tail: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(config: Config) -> ExitCode {
