@@ -79,7 +79,24 @@ async fn a_broker_that_never_confirms_gives_503_before_the_deadline() {
     // publish_timeout is 1 s in the test config: the answer waits for it, and no longer than the deadline.
     assert!(took >= Duration::from_millis(900) && took < ANSWER_WITHIN, "answered after {took:?}");
     assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"timeout\"}").await, 1.0);
+    // Providers that hang up mid-publish cancel their requests; the channels must not wait for them later.
+    for i in 0..4 {
+        let client = Gateway::client_for(gw.addr);
+        let body = format!(r#"{{"event":"abandoned","i":{i}}}"#);
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), client.post("/webhooks/generic", &JSON, body.as_bytes()))
+                .await;
+    }
     proxy.stall(false);
+    let mut q = gw.queue("generic.after").await;
+    for i in 0..8 {
+        let started = Instant::now();
+        let r = gw.post("/webhooks/generic", &JSON, format!(r#"{{"event":"after","i":{i}}}"#).as_bytes()).await;
+        assert_eq!((r.status, r.reason.as_str()), (200, "Stored"), "delivery {i}");
+        assert!(started.elapsed() < Duration::from_millis(900), "delivery {i} waited {:?}", started.elapsed());
+        q.exactly_one(Duration::from_secs(5)).await;
+    }
+    q.close().await;
     proxy.cut();
     gw.stop().await;
 }
