@@ -121,3 +121,13 @@ async fn a_slow_body_gets_408_at_the_body_timeout() {
     q.close().await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let gw = Gateway::start(SOURCES).await;
+    let big = "a".repeat(20_000);
+    let req = format!("POST /webhooks/generic HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\ncontent-length: 2\r\n\r\n{{}}");
+    let answer = gw.raw(req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    gw.stop().await;
+}
