@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench storage` (prints a table; takes a few seconds).
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use hookgate::event::Event;

@@ -27,7 +27,8 @@
 //!
 //! Cross-cutting: [`config`] (typed, strict, validated), [`source`] (a source built from config, secrets
 //! resolved), [`error`] (classification), [`state`] (the embedded redb database under `storage.data_dir`),
-//! [`metrics`] (every family; the admin listener), [`telemetry`], [`shutdown`].
+//! [`metrics`] (every family; the admin listener), [`telemetry`], [`shutdown`]. Tools: [`tail`] (`hookgate tail`,
+//! prints what lands in the exchange).
 #![forbid(unsafe_code)]
 
 pub mod auth;
@@ -50,6 +51,7 @@ pub mod source;
 pub mod spool;
 pub mod state;
 pub mod store;
+pub mod tail;
 pub mod telemetry;
 pub mod tls;
 
@@ -137,8 +139,14 @@ impl App {
         let replayed = Arc::new(AtomicBool::new(storage.spool.is_empty()));
         let store = Store::new(publisher.clone(), storage.spool.clone(), replayed.clone(), metrics.clone());
         let sink: Arc<dyn Sink> = Arc::new(store);
-        let drain_task =
-            tokio::spawn(spool::drain(storage.spool, publisher, metrics.clone(), replayed, after_drain.clone(), false));
+        let drainer = spool::Drainer {
+            spool: storage.spool,
+            parked: storage.parked,
+            publisher,
+            metrics: metrics.clone(),
+            replayed,
+        };
+        let drain_task = tokio::spawn(drainer.run(after_drain.clone(), false));
         let router = router::Router::new(sources);
         for s in router.sources() {
             tracing::info!(source = %s.name, preset = %s.preset, methods = ?s.verifier.methods(), "source configured");
@@ -252,6 +260,8 @@ pub struct Storage {
     pub dedup: Dedup,
     pub order: Order,
     pub spool: Spool,
+    /// Spooled events that turned out unroutable.
+    pub parked: Spool,
 }
 
 impl Storage {
@@ -274,15 +284,28 @@ impl Storage {
             Some(url) => Some(Shared::connect(url, &s.shared_prefix).await.context("cannot reach storage.shared")?),
             None => None,
         };
-        let dir = Spool::dir_of(&s.data_dir);
-        let (spool, recovery) = Spool::open(&dir, cipher, s.spool_max_bytes)
-            .with_context(|| format!("cannot open the spool in {}", dir.display()))?;
-        if recovery.truncated_bytes > 0 {
-            tracing::warn!(bytes = recovery.truncated_bytes, "spool: torn tail cut at start");
-        }
-        metrics.spool_quarantined.inc_by(recovery.quarantined.len() as u64);
+        let spool = open_spool(&Spool::dir_of(&s.data_dir), cipher.clone(), s.spool_max_bytes, metrics)?;
+        let parked = open_spool(&Spool::parked_dir_of(&s.data_dir), cipher, s.spool_max_bytes, metrics)?;
         metrics.spool_events.set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
+        metrics.spool_parked.set(i64::try_from(parked.len()).unwrap_or(i64::MAX));
         tracing::info!(records = spool.len(), encrypted = spool.encrypted(), shared = shared.is_some(), "storage open");
-        Ok(Storage { dedup: Dedup::new(state.clone(), shared.clone()), order: Order::new(state, shared), spool })
+        let (dedup, order) = (Dedup::new(state.clone(), shared.clone()), Order::new(state, shared));
+        Ok(Storage { dedup, order, spool, parked })
     }
+}
+
+/// Opens one spool directory, logging what recovery did.
+fn open_spool(
+    dir: &std::path::Path,
+    cipher: Option<spool::Cipher>,
+    max_bytes: u64,
+    metrics: &Metrics,
+) -> anyhow::Result<Spool> {
+    let (spool, recovery) =
+        Spool::open(dir, cipher, max_bytes).with_context(|| format!("cannot open the spool in {}", dir.display()))?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(bytes = recovery.truncated_bytes, dir = %dir.display(), "spool: torn tail cut at start");
+    }
+    metrics.spool_quarantined.inc_by(recovery.quarantined.len() as u64);
+    Ok(spool)
 }

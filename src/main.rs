@@ -32,6 +32,15 @@ enum Command {
         #[command(subcommand)]
         action: SpoolAction,
     },
+    /// Print the events published to the exchange, one JSON line each (a development aid).
+    Tail {
+        /// The binding pattern (`#` for everything, `instamed.payment.*`, ...).
+        #[arg(long, default_value = "#")]
+        bind: String,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -64,6 +73,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&config),
         Command::Run => run(config),
+        Command::Tail { bind, count } => tail(&config, &bind, count),
         Command::Spool { action } => spool(&config, action),
     }
 }
@@ -74,16 +84,21 @@ fn spool(config: &Config, action: SpoolAction) -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     let result = match action {
-        SpoolAction::Stats => hookgate::spool::command::stats(config, &ProcessEnv).map(|s| {
+        SpoolAction::Stats => hookgate::spool::command::stats(config, &ProcessEnv).map(|(s, parked)| {
             let oldest = s.oldest.map_or_else(|| "-".to_string(), |t| t.to_rfc3339());
-            println!("records: {}\nbytes: {}\noldest: {oldest}", s.records, s.bytes);
+            println!("records: {}\nbytes: {}\noldest: {oldest}\nparked: {}", s.records, s.bytes, parked.records);
         }),
         SpoolAction::Replay => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .map_err(anyhow::Error::from)
             .and_then(|rt| rt.block_on(hookgate::spool::command::replay(config, &ProcessEnv)))
-            .map(|n| println!("replayed: {n}")),
+            .map(|(n, parked)| {
+                println!("replayed: {n}");
+                if parked > 0 {
+                    println!("parked: {parked} (unroutable: bind a queue or an alternate exchange, then replay again)");
+                }
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -108,6 +123,23 @@ fn check_config(config: &Config) -> ExitCode {
     }
     print!("{}", config.to_redacted_toml());
     ExitCode::SUCCESS
+}
+
+fn tail(config: &Config, bind: &str, count: Option<u64>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hookgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(hookgate::tail::run(config, &ProcessEnv, bind, count)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hookgate tail: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn run(config: Config) -> ExitCode {

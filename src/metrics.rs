@@ -39,6 +39,7 @@ pub struct Metrics {
     pub amqp_publishes: IntCounterVec,
     pub spool_events: IntGauge,
     pub spooled: IntCounterVec,
+    pub spool_parked: IntGauge,
     pub spool_quarantined: IntCounter,
     pub broker_connected: IntGauge,
     pub request_body_bytes: HistogramVec,
@@ -120,6 +121,10 @@ impl Metrics {
         registry.register(Box::new(request_body_bytes.clone())).expect("registered once");
         Metrics {
             spool_events: gauge("hookgate_spool_events", "Events waiting in the spool."),
+            spool_parked: gauge(
+                "hookgate_spool_parked_events",
+                "Spooled events the broker returned as unroutable, waiting for a queue or alternate exchange.",
+            ),
             broker_connected: gauge("hookgate_broker_connected", "1 when the broker connection is up."),
             open_connections: gauge("hookgate_open_connections", "Open client connections on the public listener."),
             registry,

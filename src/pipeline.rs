@@ -177,7 +177,7 @@ impl Gateway {
         let latency = started.elapsed();
         self.metrics.requests.with_label_values(&[name, resp.status().as_str()]).inc();
         self.metrics.request_duration.with_label_values(&[name]).observe(latency.as_secs_f64());
-        let latency_ms = latency.as_secs_f64() * 1000.0;
+        let latency_ms = (latency.as_secs_f64() * 1_000_000.0).round() / 1000.0;
         match &result {
             Ok(outcome) => {
                 tracing::info!(source = name, request_id, event_id, status, ?outcome, latency_ms, "delivery stored");

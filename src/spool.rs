@@ -17,11 +17,12 @@
 //! # On disk (`<data_dir>/spool/`)
 //!
 //! `NNNNNNNNNNNNNNNNNNNN.seg` segments named by the seq of their first record, `cursor` (next seq to drain + its
-//! CRC), `quarantine/` (corrupt ranges found at open). The byte format is in [`format`]; recovery in [`segment`].
+//! CRC), `quarantine/` (corrupt ranges found at open), `parked/` (a spool of the same format holding spooled
+//! events that turned out unroutable). The byte format is in [`format`]; recovery in [`segment`].
 
 pub mod command;
 pub mod crypto;
-mod drain;
+pub mod drain;
 pub mod format;
 pub mod segment;
 
@@ -37,7 +38,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 pub use crypto::Cipher;
-pub use drain::run as drain;
+pub use drain::{Drainer, PARKED_RETRY};
 pub use segment::Recovery;
 
 use crate::event::Event;
@@ -330,6 +331,11 @@ impl Spool {
     /// The spool directory of a data dir.
     pub fn dir_of(data_dir: &Path) -> PathBuf {
         data_dir.join("spool")
+    }
+
+    /// Where unroutable spooled events wait for a route (see [`Drainer`]).
+    pub fn parked_dir_of(data_dir: &Path) -> PathBuf {
+        data_dir.join("spool").join("parked")
     }
 }
 

@@ -75,21 +75,16 @@ impl ConfirmChannel {
             let seq = *next;
             *next += 1;
             self.tracker().outstanding.insert(seq);
+            let settle = Settle { ch: self, seq };
             let sent = tokio::time::timeout_at(
                 deadline,
                 self.channel.basic_publish(exchange, routing_key, options, body, props),
             )
             .await;
             match sent {
-                Ok(Ok(confirm)) => (seq, confirm),
-                Ok(Err(e)) => {
-                    self.settle(seq, None);
-                    return Err(PublishError::Channel(e.to_string()));
-                }
-                Err(_) => {
-                    self.settle(seq, None);
-                    return Err(PublishError::Timeout);
-                }
+                Ok(Ok(confirm)) => (settle, confirm),
+                Ok(Err(e)) => return Err(PublishError::Channel(e.to_string())),
+                Err(_) => return Err(PublishError::Timeout),
             }
         };
         let result = match tokio::time::timeout_at(deadline, confirm).await {
@@ -97,7 +92,9 @@ impl ConfirmChannel {
             Ok(Err(e)) => Err(PublishError::Channel(e.to_string())),
             Ok(Ok(confirmation)) => {
                 let nack = confirmation.is_nack();
-                self.settle(seq, returned_id(confirmation));
+                if let Some(id) = returned_id(confirmation) {
+                    self.record_returned(id);
+                }
                 if nack {
                     Err(PublishError::Nack)
                 } else {
@@ -105,26 +102,27 @@ impl ConfirmChannel {
                 }
             }
         };
-        self.settle(seq, None);
+        let my_seq = seq.seq;
+        drop(seq);
         result?;
-        self.wait_earlier(seq, deadline).await?;
+        self.wait_earlier(my_seq, deadline).await?;
         if self.tracker().returned.remove(message_id) {
             return Err(PublishError::Returned);
         }
         Ok(())
     }
 
-    /// Records a finished publish (and any returned message it carried).
-    fn settle(&self, seq: u64, returned: Option<String>) {
+    fn record_returned(&self, id: String) {
         let mut t = self.tracker();
-        t.outstanding.remove(&seq);
-        if let Some(id) = returned {
-            if t.returned.len() >= MAX_RETURNED {
-                t.returned.clear();
-            }
-            t.returned.insert(id);
+        if t.returned.len() >= MAX_RETURNED {
+            t.returned.clear();
         }
-        drop(t);
+        t.returned.insert(id);
+    }
+
+    /// Marks a publish finished, whatever its outcome.
+    fn settle(&self, seq: u64) {
+        self.tracker().outstanding.remove(&seq);
         self.settled.notify_waiters();
     }
 
@@ -137,6 +135,19 @@ impl ConfirmChannel {
             }
             tokio::time::timeout_at(deadline, notified).await.map_err(|_| PublishError::Timeout)?;
         }
+    }
+}
+
+/// Settles a publish's sequence number when dropped — also when the request is cancelled mid-publish (client
+/// gone, deadline passed), so later publishes on the channel never wait for it.
+struct Settle<'a> {
+    ch: &'a ConfirmChannel,
+    seq: u64,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.ch.settle(self.seq);
     }
 }
 

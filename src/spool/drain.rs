@@ -1,6 +1,11 @@
 //! The drainer: publishes spooled events in receipt order, one at a time with its confirm, and moves past a
 //! record only after the broker confirmed it. Sequential on purpose: one publish in flight keeps the order of the
 //! spool in the queue, and a local broker confirms in well under a millisecond.
+//!
+//! A spooled event was already answered 200, so one that turns out unroutable (returned: no queue bound, no
+//! alternate exchange) is never dropped, and must not block the events behind it either: it is moved to the
+//! *parked* spool (`spool/parked/`, same format, fsynced before the main spool moves past it), counted in
+//! `hookgate_spool_parked_events`, and retried every [`PARKED_RETRY`] until a route exists.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,51 +21,17 @@ use crate::publish::{PublishError, Publisher};
 const IDLE_POLL: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often parked (unroutable) events are tried again.
+pub const PARKED_RETRY: Duration = Duration::from_secs(30);
 
-/// Drains until `shutdown`; with `until_empty`, returns as soon as the spool is empty (the `spool replay`
-/// command). Sets `replayed` the first time it sees the spool empty.
-pub async fn run(
-    spool: Spool,
-    publisher: Publisher,
-    metrics: Metrics,
-    replayed: Arc<AtomicBool>,
-    shutdown: CancellationToken,
-    until_empty: bool,
-) {
-    let mut backoff = MIN_BACKOFF;
-    let mut failures: u32 = 0;
-    loop {
-        metrics.spool_events.set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
-        if spool.is_empty() {
-            if !replayed.swap(true, Ordering::AcqRel) {
-                tracing::info!("spool replayed");
-            }
-            if until_empty {
-                return;
-            }
-        }
-        let pause = match next_step(&spool, &publisher, &metrics).await {
-            Step::Drained => {
-                backoff = MIN_BACKOFF;
-                failures = 0;
-                continue;
-            }
-            Step::Idle => IDLE_POLL,
-            Step::Failed(error) => {
-                failures += 1;
-                if failures == 1 || failures % 50 == 0 {
-                    tracing::warn!(error, failures, "spool drain: publish failed; retrying");
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                backoff
-            }
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = spool.inner.arrived.notified() => {}
-            () = tokio::time::sleep(pause) => {}
-        }
-    }
+/// What the drainer works on.
+pub struct Drainer {
+    pub spool: Spool,
+    pub parked: Spool,
+    pub publisher: Publisher,
+    pub metrics: Metrics,
+    /// Set the first time the drainer sees the spool empty (start-up replay done).
+    pub replayed: Arc<AtomicBool>,
 }
 
 enum Step {
@@ -69,24 +40,96 @@ enum Step {
     Failed(String),
 }
 
-async fn next_step(spool: &Spool, publisher: &Publisher, metrics: &Metrics) -> Step {
-    if !publisher.is_connected() {
-        return Step::Idle;
+impl Drainer {
+    /// Drains until `shutdown`; with `until_empty`, returns as soon as the spool is empty (`spool replay`).
+    pub async fn run(self, shutdown: CancellationToken, until_empty: bool) {
+        let mut backoff = MIN_BACKOFF;
+        let mut failures: u32 = 0;
+        let mut parked_due = Instant::now();
+        loop {
+            self.gauges();
+            if self.spool.is_empty() {
+                if !self.replayed.swap(true, Ordering::AcqRel) {
+                    tracing::info!("spool replayed");
+                }
+                if until_empty {
+                    return;
+                }
+            }
+            if Instant::now() >= parked_due && self.publisher.is_connected() {
+                self.retry_parked().await;
+                parked_due = Instant::now() + PARKED_RETRY;
+            }
+            let pause = match self.step().await {
+                Step::Drained => {
+                    backoff = MIN_BACKOFF;
+                    failures = 0;
+                    continue;
+                }
+                Step::Idle => IDLE_POLL,
+                Step::Failed(error) => {
+                    failures += 1;
+                    if failures == 1 || failures % 50 == 0 {
+                        tracing::warn!(error, failures, "spool drain: publish failed; retrying");
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    backoff
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.spool.inner.arrived.notified() => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
     }
-    let (seq, event) = match spool.front() {
-        Ok(Some(front)) => front,
-        Ok(None) => return Step::Idle,
-        Err(e) => return Step::Failed(e.to_string()),
-    };
-    metrics.publish_retries.inc();
-    let deadline = Instant::now() + publisher.publish_timeout();
-    match publisher.publish(&event, deadline).await {
-        Ok(()) => {}
-        // A spooled event was already answered 200: an unroutable one stays at the head (and is logged) until a
-        // queue or alternate exchange takes it — never dropped.
-        Err(e @ PublishError::Returned) => return Step::Failed(format!("{e}; bind a queue or an alternate exchange")),
-        Err(e) => return Step::Failed(e.to_string()),
+
+    fn gauges(&self) {
+        self.metrics.spool_events.set(i64::try_from(self.spool.len()).unwrap_or(i64::MAX));
+        self.metrics.spool_parked.set(i64::try_from(self.parked.len()).unwrap_or(i64::MAX));
     }
+
+    async fn step(&self) -> Step {
+        if !self.publisher.is_connected() {
+            return Step::Idle;
+        }
+        let (seq, event) = match self.spool.front() {
+            Ok(Some(front)) => front,
+            Ok(None) => return Step::Idle,
+            Err(e) => return Step::Failed(e.to_string()),
+        };
+        self.metrics.publish_retries.inc();
+        let deadline = Instant::now() + self.publisher.publish_timeout();
+        match self.publisher.publish(&event, deadline).await {
+            Ok(()) => {}
+            Err(PublishError::Returned) => {
+                if let Err(e) = self.parked.append(&event).await {
+                    return Step::Failed(format!("unroutable event not parked: {e}"));
+                }
+                tracing::warn!(seq, source = %event.source, "spooled event unroutable; parked until a route exists");
+            }
+            Err(e) => return Step::Failed(e.to_string()),
+        }
+        advance(&self.spool, seq).await
+    }
+
+    /// Publishes parked events until one is still unroutable (or the broker fails).
+    async fn retry_parked(&self) {
+        while self.publisher.is_connected() {
+            let Ok(Some((seq, event))) = self.parked.front() else { return };
+            self.metrics.publish_retries.inc();
+            let deadline = Instant::now() + self.publisher.publish_timeout();
+            if self.publisher.publish(&event, deadline).await.is_err() {
+                return;
+            }
+            if !matches!(advance(&self.parked, seq).await, Step::Drained) {
+                return;
+            }
+        }
+    }
+}
+
+async fn advance(spool: &Spool, seq: u64) -> Step {
     let s = spool.clone();
     match tokio::task::spawn_blocking(move || s.advance(seq)).await {
         Ok(Ok(())) => Step::Drained,

@@ -108,7 +108,7 @@ async fn a_broker_that_never_confirms_gets_the_event_spooled_before_the_deadline
     let proxy = Proxy::start().await;
     let gw = Gateway::start_with(SOURCES, &proxy.url(), HashMap::new()).await;
     gw.wait_ready().await;
-    let mut q = gw.queue("#").await;
+    let mut q = gw.queue("generic.stalled").await;
     proxy.stall(true);
     let started = Instant::now();
     let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"stalled"}"#).await;
@@ -118,7 +118,23 @@ async fn a_broker_that_never_confirms_gets_the_event_spooled_before_the_deadline
     assert!(took >= Duration::from_millis(900) && took < ANSWER_WITHIN, "answered after {took:?}");
     assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"timeout\"}").await, 1.0);
     assert_eq!(gw.metric("hookgate_spooled_total{reason=\"timeout\"}").await, 1.0);
+    // Providers that hang up mid-publish cancel their requests; the channels must not wait for them later.
+    for i in 0..4 {
+        let client = Gateway::client_for(gw.addr);
+        let body = format!(r#"{{"event":"abandoned","i":{i}}}"#);
+        let _ =
+            tokio::time::timeout(Duration::from_millis(200), client.post("/webhooks/generic", &JSON, body.as_bytes()))
+                .await;
+    }
     proxy.stall(false);
+    let mut after = gw.queue("generic.after").await;
+    for i in 0..8 {
+        let started = Instant::now();
+        let r = gw.post("/webhooks/generic", &JSON, format!(r#"{{"event":"after","i":{i}}}"#).as_bytes()).await;
+        assert_eq!((r.status, r.reason.as_str()), (200, "Stored"), "delivery {i}");
+        assert!(started.elapsed() < Duration::from_millis(900), "delivery {i} waited {:?}", started.elapsed());
+        after.exactly_one(Duration::from_secs(5)).await;
+    }
     // The timed-out publish may still land, besides the spooled copy: at least once, at most twice
     // (docs/delivery-semantics.md).
     let m = q.next(Duration::from_secs(10)).await.expect("delivered after the stall");
@@ -128,6 +144,7 @@ async fn a_broker_that_never_confirms_gets_the_event_spooled_before_the_deadline
     }
     assert!(q.next(Duration::from_millis(300)).await.is_none());
     gw.wait_metric("hookgate_spool_events", 0.0).await;
+    after.close().await;
     q.close().await;
     gw.stop().await;
 }

@@ -104,3 +104,30 @@ async fn connections_past_the_cap_wait() {
     assert_eq!(status, 503);
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_gets_408_at_the_body_timeout() {
+    let gw = Gateway::start(SOURCES).await;
+    let mut q = gw.queue("#").await;
+    let started = Instant::now();
+    // Declares 100 bytes, sends 10, then stalls (body_read_timeout is 2 s in the harness).
+    let answer = gw
+        .raw(b"POST /webhooks/generic HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"event\":1")
+        .await;
+    assert!(answer.starts_with("HTTP/1.1 408 Request Timeout"), "{answer}");
+    assert!(started.elapsed() < Duration::from_secs(3), "answered at the body timeout");
+    assert!(q.next(Duration::from_millis(300)).await.is_none());
+    assert_eq!(gw.metric("hookgate_posting_errors_total{reason=\"timeout\",source=\"generic\"}").await, 1.0);
+    q.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let gw = Gateway::start(SOURCES).await;
+    let big = "a".repeat(20_000);
+    let req = format!("POST /webhooks/generic HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\ncontent-length: 2\r\n\r\n{{}}");
+    let answer = gw.raw(req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    gw.stop().await;
+}

@@ -164,3 +164,28 @@ async fn a_torn_tail_is_cut_and_the_cli_reports_and_replays_the_rest() {
     q.close().await;
     delete_exchange(&gw.exchange).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_spooled_event_is_parked_without_blocking_the_rest() {
+    let (proxy, mut gw) = down_gateway("", HashMap::new()).await;
+    let data = gw.keep_data().expect("temp data dir");
+    let mut routed = gw.queue("generic.routed").await;
+    // During the outage nothing can tell that no queue is bound for `unrouted`: both are acknowledged.
+    assert_eq!(gw.post("/webhooks/generic", &JSON, br#"{"event":"unrouted"}"#).await.reason, "Stored");
+    assert_eq!(gw.post("/webhooks/generic", &JSON, br#"{"event":"routed"}"#).await.reason, "Stored");
+    proxy.restore().await;
+    assert_eq!(routed.exactly_one(Duration::from_secs(10)).await.body, br#"{"event":"routed"}"#);
+    gw.wait_metric("hookgate_spool_parked_events", 1.0).await;
+    gw.wait_metric("hookgate_spool_events", 0.0).await;
+    // Once a route exists, the parked event is published (retried at start and every 30 s).
+    let mut late = gw.queue("generic.unrouted").await;
+    gw.halt().await;
+    let opts =
+        Opts { data_dir: Some(data.path().to_path_buf()), exchange: Some(gw.exchange.clone()), ..Opts::default() };
+    let gw = Gateway::start_opts(SOURCES, &amqp_url(), HashMap::new(), opts).await;
+    assert_eq!(late.exactly_one(Duration::from_secs(10)).await.body, br#"{"event":"unrouted"}"#);
+    gw.wait_metric("hookgate_spool_parked_events", 0.0).await;
+    routed.close().await;
+    late.close().await;
+    gw.stop().await;
+}

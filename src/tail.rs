@@ -1,0 +1,78 @@
+//! `hookgate tail`: a development aid that binds a temporary queue to the exchange and prints each event as one
+//! JSON line (routing key, AMQP properties, `cloudEvents_*` headers and body), so an integrator can see what
+//! the queue subscribers receive. It prints to stdout only — never to the gateway's logs.
+
+use base64::Engine;
+use futures_util::StreamExt;
+use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use serde_json::{json, Map, Value};
+
+use crate::config::{secret::Env, Config};
+
+/// Prints events bound by `pattern` until `count` have arrived (or forever).
+///
+/// # Errors
+/// When the broker cannot be reached or the queue cannot be set up.
+pub async fn run(config: &Config, env: &dyn Env, pattern: &str, count: Option<u64>) -> anyhow::Result<()> {
+    let conn = Connection::connect(&config.broker_url(env)?, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let exchange = config.broker.exchange.as_str();
+    // The same declaration as the gateway's, so tail may start first.
+    let opts = ExchangeDeclareOptions { durable: true, passive: !config.broker.declare_exchange, ..Default::default() };
+    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, opts, FieldTable::default()).await?;
+    let qopts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
+    let queue = ch.queue_declare("".into(), qopts, FieldTable::default()).await?;
+    ch.queue_bind(
+        queue.name().clone(),
+        exchange.into(),
+        pattern.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await?;
+    eprintln!("hookgate tail: bound a temporary queue to exchange {exchange:?} with {pattern:?}; waiting for events");
+    let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let mut consumer =
+        ch.basic_consume(queue.name().clone(), "hookgate-tail".into(), consume, FieldTable::default()).await?;
+    let mut seen = 0;
+    while count.is_none_or(|n| seen < n) {
+        let Some(delivery) = consumer.next().await else { break };
+        let d = delivery?;
+        println!("{}", describe(d.routing_key.as_str(), &d.properties, &d.data));
+        seen += 1;
+    }
+    let _ = conn.close(200, "tail done".into()).await;
+    Ok(())
+}
+
+fn describe(routing_key: &str, p: &lapin::BasicProperties, body: &[u8]) -> Value {
+    let headers: Map<String, Value> = p
+        .headers()
+        .as_ref()
+        .map(|h| h.inner().iter().map(|(k, v)| (k.as_str().to_string(), amqp_value(v))).collect())
+        .unwrap_or_default();
+    let body = match std::str::from_utf8(body) {
+        Ok(text) => json!(text),
+        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(body) }),
+    };
+    json!({
+        "routing_key": routing_key,
+        "message_id": p.message_id().as_ref().map(|s| s.as_str()),
+        "content_type": p.content_type().as_ref().map(|s| s.as_str()),
+        "delivery_mode": p.delivery_mode(),
+        "timestamp": p.timestamp(),
+        "headers": headers,
+        "body": body,
+    })
+}
+
+fn amqp_value(v: &AMQPValue) -> Value {
+    match v {
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::Boolean(b) => json!(b),
+        other => json!(format!("{other:?}")),
+    }
+}
