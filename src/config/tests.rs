@@ -108,3 +108,15 @@ fn check_config_output_redacts_secrets() {
     // The printed configuration is itself a valid configuration.
     Config::parse(&out).unwrap();
 }
+
+#[test]
+fn storage_rules() {
+    let e = err(&format!("{MINIMAL}[storage]\nshared = \"http://x\"\n"));
+    assert!(e.contains("storage.shared") && e.contains("redis://"), "{e}");
+    let e = err(&format!("{MINIMAL}[storage]\nspool_key_file = \"/k\"\nspool_key_env = \"K\"\n"));
+    assert!(e.contains("storage.spool_key_file"), "{e}");
+    let e = err(&format!("{MINIMAL}[storage]\nspool_max_bytes = 10\n"));
+    assert!(e.contains("storage.spool_max_bytes"), "{e}");
+    let cfg = Config::parse(MINIMAL).and_then(Config::validate).unwrap();
+    assert_eq!(cfg.storage.shared_prefix, "hookgate");
+}

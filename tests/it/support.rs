@@ -3,10 +3,16 @@
 
 #![allow(dead_code)]
 
+mod process;
+mod proxy;
+
+pub use process::{proc_config, Proc};
+pub use proxy::Proxy;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -495,179 +501,5 @@ impl Pki {
         };
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(cfg)
-    }
-}
-
-// === impl Proxy ===
-
-/// A TCP proxy in front of RabbitMQ that a test can cut (close everything, refuse new connections), stall
-/// (keep connections open but forward nothing) and restore — the shared broker itself is never touched.
-pub struct Proxy {
-    pub addr: SocketAddr,
-    state: Arc<Mutex<ProxyState>>,
-    accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-}
-
-#[derive(Default)]
-struct ProxyState {
-    stalled: bool,
-    conns: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Proxy {
-    pub async fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(Mutex::new(ProxyState::default()));
-        let task = tokio::spawn(accept_loop(listener, state.clone()));
-        Proxy { addr, state, accept_task: Mutex::new(Some(task)) }
-    }
-
-    /// The broker URL through this proxy.
-    pub fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f", self.addr)
-    }
-
-    /// Closes every proxied connection and stops accepting (connections are refused).
-    pub fn cut(&self) {
-        if let Some(t) = self.accept_task.lock().expect("lock").take() {
-            t.abort();
-        }
-        for c in self.state.lock().expect("lock").conns.drain(..) {
-            c.abort();
-        }
-    }
-
-    /// Accepts again on the same port.
-    pub async fn restore(&self) {
-        self.state.lock().expect("lock").stalled = false;
-        let mut listener = None;
-        for _ in 0..50 {
-            if let Ok(l) = TcpListener::bind(self.addr).await {
-                listener = Some(l);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let listener = listener.expect("rebind the proxy port");
-        *self.accept_task.lock().expect("lock") = Some(tokio::spawn(accept_loop(listener, self.state.clone())));
-    }
-
-    /// Keeps connections open but stops forwarding bytes (a broker that never confirms).
-    pub fn stall(&self, stalled: bool) {
-        self.state.lock().expect("lock").stalled = stalled;
-    }
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<Mutex<ProxyState>>) {
-    while let Ok((client, _)) = listener.accept().await {
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            let Ok(upstream) = TcpStream::connect("127.0.0.1:5672").await else { return };
-            let (cr, cw) = client.into_split();
-            let (ur, uw) = upstream.into_split();
-            tokio::join!(pump(cr, uw, st.clone()), pump(ur, cw, st));
-        });
-        state.lock().expect("lock").conns.push(task);
-    }
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    st: Arc<Mutex<ProxyState>>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        while st.lock().expect("lock").stalled {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-// === impl Proc ===
-
-/// The real `hookgate` binary as a child process (plain HTTP on loopback), for crash tests: it can be SIGKILLed.
-pub struct Proc {
-    child: std::process::Child,
-    pub client: Client,
-    pub admin: Client,
-    pub log: std::path::PathBuf,
-}
-
-/// A config file for [`Proc`]: the given sources and `[storage]` keys, fresh loopback ports.
-pub fn proc_config(
-    dir: &std::path::Path,
-    exchange: &str,
-    amqp: &str,
-    sources: &str,
-    storage: &str,
-) -> std::path::PathBuf {
-    let (port, admin) = (free_port(), free_port());
-    let text = format!(
-        "{}{sources}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[logging]\nformat = \"text\"\n[storage]\ndata_dir = \"{}\"\n{storage}",
-        base_config(exchange, amqp, &format!("listen = \"127.0.0.1:{port}\"\n")),
-        dir.join("data").display(),
-    );
-    let path = dir.join("hookgate.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-impl Proc {
-    /// Starts `hookgate run --config FILE` and waits (15 s) until it is ready with the broker connected.
-    pub async fn spawn(config: &std::path::Path) -> Proc {
-        let parsed = Config::load(config).expect("valid test config");
-        let log = config.with_extension(format!("{}.log", unique("run")));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
-            .args(["run", "--config", config.to_str().expect("utf-8 path")])
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::create(log.with_extension("err")).expect("log"))
-            .spawn()
-            .expect("spawn hookgate");
-        let p = Proc {
-            child,
-            client: Client { addr: parsed.server.listen },
-            admin: Client { addr: parsed.admin.listen },
-            log,
-        };
-        for _ in 0..300 {
-            let ready = p.admin.try_get("/readyz").await.is_some_and(|(s, _)| s == 200);
-            if ready && p.metric("hookgate_broker_connected").await == 1.0 {
-                return p;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("hookgate process not ready in 15 s:\n{}", p.output());
-    }
-
-    pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.admin.try_get("/metrics").await.map(|(_, t)| t).unwrap_or_default();
-        metric_value(&text, series)
-    }
-
-    /// What the process logged.
-    pub fn output(&self) -> String {
-        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
-        format!("{}{}", read(&self.log), read(&self.log.with_extension("err")))
-    }
-
-    /// SIGKILL: no drain, no flush, nothing.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -1,0 +1,87 @@
+//! The real `hookgate` binary as a child process, for crash tests.
+
+use std::time::Duration;
+
+use hookgate::config::Config;
+
+use super::{base_config, free_port, metric_value, unique, Client};
+
+// === impl Proc ===
+
+/// The real `hookgate` binary as a child process (plain HTTP on loopback), for crash tests: it can be SIGKILLed.
+pub struct Proc {
+    child: std::process::Child,
+    pub client: Client,
+    pub admin: Client,
+    pub log: std::path::PathBuf,
+}
+
+/// A config file for [`Proc`]: the given sources and `[storage]` keys, fresh loopback ports.
+pub fn proc_config(
+    dir: &std::path::Path,
+    exchange: &str,
+    amqp: &str,
+    sources: &str,
+    storage: &str,
+) -> std::path::PathBuf {
+    let (port, admin) = (free_port(), free_port());
+    let text = format!(
+        "{}{sources}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[logging]\nformat = \"text\"\n[storage]\ndata_dir = \"{}\"\n{storage}",
+        base_config(exchange, amqp, &format!("listen = \"127.0.0.1:{port}\"\n")),
+        dir.join("data").display(),
+    );
+    let path = dir.join("hookgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+impl Proc {
+    /// Starts `hookgate run --config FILE` and waits (15 s) until it is ready with the broker connected.
+    pub async fn spawn(config: &std::path::Path) -> Proc {
+        let parsed = Config::load(config).expect("valid test config");
+        let log = config.with_extension(format!("{}.log", unique("run")));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+            .args(["run", "--config", config.to_str().expect("utf-8 path")])
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::create(log.with_extension("err")).expect("log"))
+            .spawn()
+            .expect("spawn hookgate");
+        let p = Proc {
+            child,
+            client: Client { addr: parsed.server.listen },
+            admin: Client { addr: parsed.admin.listen },
+            log,
+        };
+        for _ in 0..300 {
+            let ready = p.admin.try_get("/readyz").await.is_some_and(|(s, _)| s == 200);
+            if ready && p.metric("hookgate_broker_connected").await == 1.0 {
+                return p;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("hookgate process not ready in 15 s:\n{}", p.output());
+    }
+
+    pub async fn metric(&self, series: &str) -> f64 {
+        let text = self.admin.try_get("/metrics").await.map(|(_, t)| t).unwrap_or_default();
+        metric_value(&text, series)
+    }
+
+    /// What the process logged.
+    pub fn output(&self) -> String {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("{}{}", read(&self.log), read(&self.log.with_extension("err")))
+    }
+
+    /// SIGKILL: no drain, no flush, nothing.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
