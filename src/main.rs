@@ -162,9 +162,14 @@ fn run(config: Config) -> ExitCode {
         };
         let app = match hookgate::App::start(&config, &ProcessEnv, listeners, shutdown.clone()).await {
             Ok(app) => app,
-            Err(error) => {
+            // A configuration mistake exits 64; anything else (data_dir unusable, Redis unreachable) exits 1.
+            Err(error) if error.downcast_ref::<hookgate::config::ConfigError>().is_some() => {
                 tracing::error!(error = format!("{error:#}"), "invalid configuration");
                 return ExitCode::from(EXIT_USAGE);
+            }
+            Err(error) => {
+                tracing::error!(error = format!("{error:#}"), "cannot start");
+                return ExitCode::FAILURE;
             }
         };
         hookgate::shutdown::on_signals(shutdown.clone());

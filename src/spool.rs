@@ -128,14 +128,13 @@ impl Spool {
         let mut next_seq = cursor;
         for id in segment::list(dir)? {
             let Some(locs) = segment::recover(dir, id, cursor, cipher.as_ref(), &mut report)? else { continue };
-            if locs.is_empty() && id < cursor {
+            // Nothing left to drain (all behind the cursor, or a crash right after creating it): appends start a
+            // new segment, which may reuse this id.
+            let Some(last) = locs.last() else {
                 std::fs::remove_file(segment::path(dir, id))?;
                 continue;
-            }
-            next_seq = next_seq.max(id);
-            if let Some(last) = locs.last() {
-                next_seq = next_seq.max(last.seq + 1);
-            }
+            };
+            next_seq = next_seq.max(last.seq + 1);
             queue.extend(locs);
         }
         let bytes = queue.iter().map(|l| l.len).sum();

@@ -147,3 +147,18 @@ async fn an_unwritable_directory_is_an_error_not_a_panic() {
     std::fs::create_dir(&spool_dir).unwrap();
     spool.append(&event(2)).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_segment_left_empty_by_a_crash_does_not_block_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), None, 1 << 20).unwrap();
+    spool.append(&event(1)).await.unwrap();
+    assert_eq!(drain_all(&spool).len(), 1);
+    drop(spool);
+    // A crash right after the next segment was created, before its first record.
+    segment::create(dir.path(), 1, false).unwrap();
+    let (spool, _) = Spool::open(dir.path(), None, 1 << 20).unwrap();
+    assert!(spool.is_empty());
+    assert_eq!(spool.append(&event(2)).await.unwrap(), 1);
+    assert_eq!(drain_all(&spool), ["tx2:payment.approved"]);
+}

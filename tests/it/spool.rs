@@ -189,3 +189,28 @@ async fn an_unroutable_spooled_event_is_parked_without_blocking_the_rest() {
     late.close().await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_for_the_start_up_replay_and_new_events_queue_behind_it() {
+    let (proxy, mut gw) = down_gateway("", HashMap::new()).await;
+    let data = gw.keep_data().expect("temp data dir");
+    let mut q = gw.queue("#").await;
+    let bodies: Vec<Vec<u8>> = (0..3).map(|n| format!(r#"{{"event":"replay","n":{n}}}"#).into_bytes()).collect();
+    for b in &bodies[..2] {
+        assert_eq!(gw.post("/webhooks/generic", &JSON, b).await.reason, "Stored");
+    }
+    gw.halt().await;
+    // Restarted while the broker is still down: the spool is not replayed yet, so not ready — but it serves.
+    let opts =
+        Opts { data_dir: Some(data.path().to_path_buf()), exchange: Some(gw.exchange.clone()), ..Opts::default() };
+    let gw = Gateway::start_opts(SOURCES, &proxy.url(), HashMap::new(), opts).await;
+    assert_eq!(gw.metric("hookgate_spool_events").await, 2.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gw.admin_get("/readyz").await.0, 503, "not ready before the start-up replay");
+    assert_eq!(gw.post("/webhooks/generic", &JSON, &bodies[2]).await.reason, "Stored");
+    proxy.restore().await;
+    gw.wait_ready().await;
+    assert_eq!(drain_queue(&mut q, 3).await, bodies, "the replayed events first, then the new one");
+    q.close().await;
+    gw.stop().await;
+}
