@@ -256,6 +256,22 @@ impl Spool {
         }
     }
 
+    /// Makes every written record durable. An append whose caller went away (a cancelled request) between its
+    /// write and its fsync leaves a record the drainer cannot take yet; the drainer calls this to take it.
+    ///
+    /// # Errors
+    /// The fsync failed.
+    pub async fn flush(&self) -> Result<(), SpoolError> {
+        let (target, file) = {
+            let st = self.state();
+            (st.next_seq, st.active.as_ref().map(|a| a.file.clone()))
+        };
+        match file {
+            Some(file) if self.inner.synced.load(Ordering::Acquire) < target => self.sync_to(target, file).await,
+            _ => Ok(()),
+        }
+    }
+
     /// The oldest durable undrained record and its event.
     ///
     /// # Errors

@@ -95,6 +95,12 @@ impl Drainer {
         }
         let (seq, event) = match self.spool.front() {
             Ok(Some(front)) => front,
+            Ok(None) if !self.spool.is_empty() => {
+                return match self.spool.flush().await {
+                    Ok(()) => Step::Drained,
+                    Err(e) => Step::Failed(e.to_string()),
+                };
+            }
             Ok(None) => return Step::Idle,
             Err(e) => return Step::Failed(e.to_string()),
         };

@@ -162,3 +162,13 @@ async fn a_segment_left_empty_by_a_crash_does_not_block_appends() {
     assert_eq!(spool.append(&event(2)).await.unwrap(), 1);
     assert_eq!(drain_all(&spool), ["tx2:payment.approved"]);
 }
+
+#[tokio::test]
+async fn a_record_whose_append_was_cancelled_before_its_fsync_is_flushed_by_the_drainer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), None, 1 << 20).unwrap();
+    spool.write(&format::encode(&event(1))).unwrap(); // written, its caller gone before the fsync
+    assert!(spool.front().unwrap().is_none() && !spool.is_empty());
+    spool.flush().await.unwrap();
+    assert_eq!(drain_all(&spool), ["tx1:payment.approved"]);
+}
