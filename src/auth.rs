@@ -7,6 +7,7 @@
 
 mod basic;
 mod headers;
+pub mod hmac;
 mod ip;
 
 use std::fmt;
@@ -122,8 +123,8 @@ impl Verifier {
         if let Some(headers) = &auth.headers {
             checks.push(Box::new(headers::StaticHeaders::build(&format!("{key}.auth.headers"), headers, env)?));
         }
-        if auth.hmac.is_some() {
-            return Err(ConfigError::key(&format!("{key}.auth.hmac"), "is not available in this build"));
+        if let Some(cfg) = &auth.hmac {
+            checks.push(Box::new(hmac::HmacCheck::build(&format!("{key}.auth.hmac"), cfg, env)?));
         }
         Ok(Verifier { checks })
     }
