@@ -9,6 +9,7 @@ mod basic;
 mod headers;
 pub mod hmac;
 mod ip;
+pub mod token;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -117,8 +118,8 @@ impl Verifier {
         if let Some(creds) = &auth.basic {
             checks.push(Box::new(basic::Basic::build(&format!("{key}.auth.basic"), creds, env)?));
         }
-        if auth.bearer.is_some() {
-            return Err(ConfigError::key(&format!("{key}.auth.bearer"), "is not available in this build"));
+        if let Some(cfg) = &auth.bearer {
+            checks.push(Box::new(token::Bearer::build(&format!("{key}.auth.bearer"), cfg, env)?));
         }
         if let Some(headers) = &auth.headers {
             checks.push(Box::new(headers::StaticHeaders::build(&format!("{key}.auth.headers"), headers, env)?));
