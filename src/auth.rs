@@ -8,7 +8,8 @@
 mod basic;
 mod headers;
 pub mod hmac;
-mod ip;
+pub mod ip;
+mod mtls;
 pub mod token;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use ipnet::IpNet;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -31,11 +33,21 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The verified client certificate chain (end entity first), when the client presented one.
     pub client_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The source address of the connection's PROXY v2 header (only ever read from a trusted proxy).
+    pub proxied: Option<SocketAddr>,
+    /// `server.trusted_proxies`: whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpNet]>,
 }
 
 impl Peer {
     pub fn plain(addr: SocketAddr) -> Self {
-        Peer { addr, client_certs: None }
+        Peer { addr, client_certs: None, proxied: None, trusted_proxies: Arc::from(Vec::new()) }
+    }
+
+    /// The client address of a request on this connection (see `client_addr.rs`).
+    pub fn client_ip(&self, headers: &http::HeaderMap) -> IpAddr {
+        let direct = self.proxied.map_or(self.addr.ip(), |a| a.ip());
+        crate::client_addr::client_ip(direct, headers, &self.trusted_proxies)
     }
 }
 
@@ -112,8 +124,8 @@ impl Verifier {
         if let Some(nets) = &auth.ip_allow {
             checks.push(Box::new(ip::IpAllow::new(nets.clone())));
         }
-        if auth.client_cert.is_some() {
-            return Err(ConfigError::key(&format!("{key}.auth.client_cert"), "is not available in this build"));
+        if let Some(cfg) = &auth.client_cert {
+            checks.push(Box::new(mtls::ClientCertCheck::build(&format!("{key}.auth.client_cert"), cfg)?));
         }
         if let Some(creds) = &auth.basic {
             checks.push(Box::new(basic::Basic::build(&format!("{key}.auth.basic"), creds, env)?));
