@@ -142,6 +142,30 @@ impl Verifier {
         Ok(Verifier { checks })
     }
 
+    /// Checks what can be checked without secrets or files (called by `Config::validate`, so that
+    /// `check-config` and a reload name the key before anything is resolved).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key.
+    pub fn validate(key: &str, auth: &config::Auth) -> Result<(), ConfigError> {
+        if let Some(cfg) = &auth.client_cert {
+            mtls::ClientCertCheck::build(&format!("{key}.auth.client_cert"), cfg)?;
+        }
+        if let Some(cfg) = &auth.bearer {
+            token::validate(&format!("{key}.auth.bearer"), cfg)?;
+        }
+        if let Some(cfg) = &auth.hmac {
+            hmac::Scheme::build(&format!("{key}.auth.hmac"), cfg)?;
+        }
+        if auth.basic.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::key(&format!("{key}.auth.basic"), "list at least one credential"));
+        }
+        if auth.ip_allow.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::key(&format!("{key}.auth.ip_allow"), "list at least one address range"));
+        }
+        Ok(())
+    }
+
     /// The checks that can run on the request head alone, before the body is read.
     ///
     /// # Errors

@@ -282,6 +282,7 @@ fn validate_source(
         }
         _ => {}
     }
+    crate::auth::Verifier::validate(&format!("sources.{name}"), &s.auth)?;
     if s.auth.client_cert.is_some() && !client_ca {
         return Err(ConfigError::key(
             &key("auth.client_cert"),

@@ -71,46 +71,8 @@ impl Bearer {
     /// # Errors
     /// A [`ConfigError`] naming the key that is missing, contradictory or unusable.
     pub fn build(key: &str, cfg: &config::Bearer, env: &dyn Env) -> Result<Self, ConfigError> {
-        let k = |s: &str| format!("{key}.{s}");
-        let has_secret =
-            cfg.hs256_secret.is_some() || cfg.hs256_secret_env.is_some() || cfg.hs256_secret_file.is_some();
-        let given =
-            usize::from(cfg.jwks_file.is_some()) + usize::from(cfg.jwks_url.is_some()) + usize::from(has_secret);
-        if given != 1 {
-            return Err(ConfigError::key(key, "give exactly one of `jwks_file`, `jwks_url` or `hs256_secret*`"));
-        }
-        let keys = if has_secret {
-            let s = secret::resolve_one(
-                &k("hs256_secret"),
-                cfg.hs256_secret.as_ref().map(|s| s.0.as_str()),
-                cfg.hs256_secret_env.as_deref(),
-                cfg.hs256_secret_file.as_deref(),
-                env,
-            )?;
-            Keys::Secret(DecodingKey::from_secret(s.expose()))
-        } else if let Some(path) = &cfg.jwks_file {
-            let text = std::fs::read(path)
-                .map_err(|e| ConfigError::key(&k("jwks_file"), format!("cannot read {}: {e}", path.display())))?;
-            let set = KeySet::parse(&text).map_err(|reason| ConfigError::key(&k("jwks_file"), reason))?;
-            Keys::Static(Arc::new(set))
-        } else {
-            let url = cfg.jwks_url.as_deref().unwrap_or_default();
-            Keys::Remote(RemoteJwks::new(url).map_err(|reason| ConfigError::key(&k("jwks_url"), reason))?)
-        };
-        let algorithms = algorithms(&k("algorithms"), cfg.algorithms.as_deref(), has_secret)?;
-        let audience: Vec<String> = cfg.audience.iter().flat_map(|a| a.iter().cloned()).collect();
-        if !has_secret && (audience.is_empty() || cfg.issuer.is_none()) {
-            let missing = if audience.is_empty() { "audience" } else { "issuer" };
-            return Err(ConfigError::key(
-                &k(missing),
-                "is required with a JWKS: the identity provider signs tokens for other services too",
-            ));
-        }
-        let leeway = cfg.leeway.map_or(DEFAULT_LEEWAY, |d| d.0);
-        if leeway > Duration::from_secs(300) {
-            return Err(ConfigError::key(&k("leeway"), "must be at most 5m"));
-        }
-        Ok(Bearer { keys, algorithms, issuer: cfg.issuer.clone(), audience, leeway })
+        let Rules { algorithms, issuer, audience, leeway } = Rules::from_config(key, cfg)?;
+        Ok(Bearer { keys: load_keys(key, cfg, env)?, algorithms, issuer, audience, leeway })
     }
 
     /// Verifies a `Authorization` header value at `now`.
@@ -183,6 +145,76 @@ impl Check for Bearer {
             }
         })
     }
+}
+
+/// The parts of `bearer` that need no secret or file: checked by `Config::validate` too.
+struct Rules {
+    algorithms: Vec<Algorithm>,
+    issuer: Option<String>,
+    audience: Vec<String>,
+    leeway: Duration,
+}
+
+impl Rules {
+    fn from_config(key: &str, cfg: &config::Bearer) -> Result<Rules, ConfigError> {
+        let k = |s: &str| format!("{key}.{s}");
+        let secret = has_secret(cfg);
+        let given = usize::from(cfg.jwks_file.is_some()) + usize::from(cfg.jwks_url.is_some()) + usize::from(secret);
+        if given != 1 {
+            return Err(ConfigError::key(key, "give exactly one of `jwks_file`, `jwks_url` or `hs256_secret*`"));
+        }
+        if let Some(url) = &cfg.jwks_url {
+            jwks::check_url(url).map_err(|reason| ConfigError::key(&k("jwks_url"), reason))?;
+        }
+        let algorithms = algorithms(&k("algorithms"), cfg.algorithms.as_deref(), secret)?;
+        let audience: Vec<String> = cfg.audience.iter().flat_map(|a| a.iter().cloned()).collect();
+        if !secret && (audience.is_empty() || cfg.issuer.is_none()) {
+            let missing = if audience.is_empty() { "audience" } else { "issuer" };
+            return Err(ConfigError::key(
+                &k(missing),
+                "is required with a JWKS: the identity provider signs tokens for other services too",
+            ));
+        }
+        let leeway = cfg.leeway.map_or(DEFAULT_LEEWAY, |d| d.0);
+        if leeway > Duration::from_secs(300) {
+            return Err(ConfigError::key(&k("leeway"), "must be at most 5m"));
+        }
+        Ok(Rules { algorithms, issuer: cfg.issuer.clone(), audience, leeway })
+    }
+}
+
+/// Checks what can be checked without secrets or files. `key` is `sources.NAME.auth.bearer`.
+///
+/// # Errors
+/// A [`ConfigError`] naming the key.
+pub fn validate(key: &str, cfg: &config::Bearer) -> Result<(), ConfigError> {
+    Rules::from_config(key, cfg).map(|_| ())
+}
+
+fn has_secret(cfg: &config::Bearer) -> bool {
+    cfg.hs256_secret.is_some() || cfg.hs256_secret_env.is_some() || cfg.hs256_secret_file.is_some()
+}
+
+fn load_keys(key: &str, cfg: &config::Bearer, env: &dyn Env) -> Result<Keys, ConfigError> {
+    let k = |s: &str| format!("{key}.{s}");
+    if has_secret(cfg) {
+        let s = secret::resolve_one(
+            &k("hs256_secret"),
+            cfg.hs256_secret.as_ref().map(|s| s.0.as_str()),
+            cfg.hs256_secret_env.as_deref(),
+            cfg.hs256_secret_file.as_deref(),
+            env,
+        )?;
+        return Ok(Keys::Secret(DecodingKey::from_secret(s.expose())));
+    }
+    if let Some(path) = &cfg.jwks_file {
+        let text = std::fs::read(path)
+            .map_err(|e| ConfigError::key(&k("jwks_file"), format!("cannot read {}: {e}", path.display())))?;
+        let set = KeySet::parse(&text).map_err(|reason| ConfigError::key(&k("jwks_file"), reason))?;
+        return Ok(Keys::Static(Arc::new(set)));
+    }
+    let url = cfg.jwks_url.as_deref().unwrap_or_default();
+    Ok(Keys::Remote(RemoteJwks::new(url).map_err(|reason| ConfigError::key(&k("jwks_url"), reason))?))
 }
 
 fn bearer_token(header: Option<&http::HeaderValue>) -> Option<&str> {

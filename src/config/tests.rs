@@ -149,6 +149,24 @@ fn every_example_source_builds() {
 }
 
 #[test]
+fn auth_mistakes_are_found_by_validate() {
+    let src = "[sources.a]\npreset = \"generic\"\n[sources.a.auth]\n";
+    let cases = [
+        ("hmac = { scheme = \"custom\", secrets_env = [\"X\"], signed = \"{body}\" }", "`sources.a.auth.hmac.header`"),
+        ("hmac = { scheme = \"tyro\", header = \"X\" }", "`sources.a.auth.hmac.header`: only for scheme"),
+        ("bearer = { issuer = \"i\", audience = \"a\" }", "`sources.a.auth.bearer`: give exactly one"),
+        ("bearer = { jwks_url = \"https://idp/jwks\", audience = \"a\" }", "`sources.a.auth.bearer.issuer`"),
+        ("bearer = { hs256_secret_env = \"X\", algorithms = [\"none\"] }", "`sources.a.auth.bearer.algorithms`"),
+        ("ip_allow = []", "`sources.a.auth.ip_allow`"),
+        ("basic = []", "`sources.a.auth.basic`"),
+    ];
+    for (line, expected) in cases {
+        let e = err(&format!("{src}{line}\n"));
+        assert!(e.contains(expected), "{line}: {e}");
+    }
+}
+
+#[test]
 fn proxy_protocol_and_crls_need_their_companions() {
     let e = err(&format!("[server]\nproxy_protocol = true\n{MINIMAL}"));
     assert!(e.contains("`server.proxy_protocol`: needs server.trusted_proxies"), "{e}");

@@ -2,6 +2,7 @@
 //! right credentials and fails with each wrong one — with the exact status and phrase, and nothing published.
 
 mod address;
+mod basic;
 mod bearer;
 mod hmac;
 mod mtls;

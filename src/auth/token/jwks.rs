@@ -106,6 +106,21 @@ fn entry(value: &serde_json::Value) -> Option<Entry> {
     Some(Entry { kid: jwk.common.key_id.clone(), alg, family, key: DecodingKey::from_jwk(&jwk).ok()? })
 }
 
+/// An absolute `https://` (or `http://`) URL with a host.
+///
+/// # Errors
+/// Why it is not.
+pub fn check_url(url: &str) -> Result<http::Uri, String> {
+    let url: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme_str(), Some("https" | "http")) {
+        return Err("must start with https:// (or http:// for a local identity provider)".into());
+    }
+    if url.host().is_none() {
+        return Err("needs a host".into());
+    }
+    Ok(url)
+}
+
 #[derive(Default)]
 struct State {
     keys: Option<Arc<KeySet>>,
@@ -130,15 +145,8 @@ impl RemoteJwks {
     /// # Errors
     /// A reason when the URL is not an absolute http(s) URL.
     pub fn new(url: &str) -> Result<Self, String> {
-        let url: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
-        if url.host().is_none() {
-            return Err("needs a host".into());
-        }
-        let tls = match url.scheme_str() {
-            Some("https") => Some(fetch::tls_connector()?),
-            Some("http") => None,
-            _ => return Err("must start with https:// (or http:// for a local identity provider)".into()),
-        };
+        let url = check_url(url)?;
+        let tls = if url.scheme_str() == Some("https") { Some(fetch::tls_connector()?) } else { None };
         Ok(RemoteJwks { url, tls, state: tokio::sync::Mutex::default() })
     }
 

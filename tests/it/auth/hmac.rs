@@ -81,6 +81,64 @@ fn signature_index(source: &str, h: &[(String, String)]) -> usize {
     }
 }
 
+type Case = (&'static str, Vec<(String, String)>, Vec<u8>);
+
+fn body(source: &str, n: u32) -> Vec<u8> {
+    format!(r#"{{"event":"test.signed","source":"{source}","n":{n}}}"#).into_bytes()
+}
+
+/// Every wrong delivery for `source`: each must be a 401 and publish nothing.
+fn failures(source: &'static str, timestamped: bool) -> Vec<Case> {
+    let b = body(source, 0);
+    let mut out = vec![
+        ("wrong secret", signed(source, "wrong-secret", &b, 0), b.clone()),
+        ("retired secret", signed(source, "retired-secret", &b, 0), b.clone()),
+        ("tampered body", signed(source, "current-secret", &b, 0), body(source, 99)),
+        ("no headers", Vec::new(), b.clone()),
+    ];
+    let good = signed(source, "current-secret", &b, 0);
+    let i = signature_index(source, &good);
+    let mut missing = good.clone();
+    missing.remove(i);
+    let mut empty = good.clone();
+    empty[i].1.clear();
+    let mut truncated = good.clone();
+    let keep = truncated[i].1.len() - 4;
+    truncated[i].1.truncate(keep);
+    out.extend([("missing signature", missing, b.clone()), ("empty signature", empty, b.clone())]);
+    out.push(("truncated signature", truncated, b.clone()));
+    if timestamped {
+        out.push(("stale", signed(source, "current-secret", &b, -600), b.clone()));
+        out.push(("future", signed(source, "current-secret", &b, 600), b.clone()));
+    }
+    if source == "tyro" {
+        let mut h = good;
+        h.pop();
+        out.push(("hmac right, sessionKey missing", h, b));
+    }
+    out
+}
+
+/// Deliveries that must be stored: one per active secret (and, for Tyro, a pretty-printed body).
+fn successes(source: &'static str) -> Vec<Case> {
+    let mut out: Vec<Case> = [(1, "current-secret"), (2, "next-secret")]
+        .into_iter()
+        .map(|(n, word)| (word, signed(source, word, &body(source, n), 0), body(source, n)))
+        .collect();
+    if source == "tyro" {
+        // Signed over the compact JSON, sent pretty-printed.
+        let pretty = serde_json::to_vec_pretty(&serde_json::json!({"event": "test.signed", "n": 3})).expect("json");
+        out.push(("pretty body", signed(source, "current-secret", &pretty, 0), pretty));
+    }
+    out
+}
+
+async fn post(gw: &Gateway, source: &str, case: Case) -> crate::support::Resp {
+    let mut headers = refs(&case.1);
+    headers.push(("content-type", "application/json"));
+    gw.post(&format!("/webhooks/{source}"), &headers, &case.2).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scheme_passes_and_fails_as_it_should() {
     let pki = Pki::new();
@@ -88,61 +146,17 @@ async fn every_scheme_passes_and_fails_as_it_should() {
     gw.tls = Some(pki.client_config(None, &[b"http/1.1"]));
     let mut q = gw.queue("#").await;
     for (source, _, timestamped) in SCHEMES {
-        let path = format!("/webhooks/{source}");
-        let body = |n: u32| format!(r#"{{"event":"test.signed","source":"{source}","n":{n}}}"#).into_bytes();
-        let post = |h: Vec<(String, String)>, b: Vec<u8>| {
-            let gw = &gw;
-            let path = path.clone();
-            async move {
-                let mut headers = refs(&h);
-                headers.push(("content-type", "application/json"));
-                gw.post(&path, &headers, &b).await
-            }
-        };
-        let mut failures = vec![
-            ("wrong secret", signed(source, "wrong-secret", &body(0), 0), body(0)),
-            ("retired secret", signed(source, "retired-secret", &body(0), 0), body(0)),
-            ("tampered body", signed(source, "current-secret", &body(0), 0), body(99)),
-            ("no headers", Vec::new(), body(0)),
-        ];
-        let good = signed(source, "current-secret", &body(0), 0);
-        let i = signature_index(source, &good);
-        for (case, value) in [("missing signature", None), ("empty signature", Some(String::new()))] {
-            let mut h = good.clone();
-            match value {
-                None => drop(h.remove(i)),
-                Some(v) => h[i].1 = v,
-            }
-            failures.push((case, h, body(0)));
-        }
-        let mut truncated = good.clone();
-        let keep = truncated[i].1.len() - 4;
-        truncated[i].1.truncate(keep);
-        failures.push(("truncated signature", truncated, body(0)));
-        if timestamped {
-            failures.push(("stale", signed(source, "current-secret", &body(0), -600), body(0)));
-            failures.push(("future", signed(source, "current-secret", &body(0), 600), body(0)));
-        }
-        if source == "tyro" {
-            let mut h = good.clone();
-            h.pop();
-            failures.push(("hmac right, sessionKey missing", h, body(0)));
-        }
-        let count = failures.len();
-        for (case, h, b) in failures {
-            expect(&post(h, b).await, 401, "Unauthorized", &format!("{source}: {case}"));
+        let refused = failures(source, timestamped);
+        let count = refused.len();
+        for case in refused {
+            let name = case.0;
+            expect(&post(&gw, source, case).await, 401, "Unauthorized", &format!("{source}: {name}"));
         }
         let mut published = Vec::new();
-        for (n, word) in [(1, "current-secret"), (2, "next-secret")] {
-            let r = post(signed(source, word, &body(n), 0), body(n)).await;
-            expect(&r, 200, "Stored", &format!("{source}: {word}"));
-            published.push(body(n));
-        }
-        if source == "tyro" {
-            // Signed over the compact JSON, sent pretty-printed.
-            let pretty = serde_json::to_vec_pretty(&serde_json::json!({"event": "test.signed", "n": 3})).expect("json");
-            expect(&post(signed(source, "current-secret", &pretty, 0), pretty.clone()).await, 200, "Stored", "pretty");
-            published.push(pretty);
+        for case in successes(source) {
+            let (name, body) = (case.0, case.2.clone());
+            expect(&post(&gw, source, case).await, 200, "Stored", &format!("{source}: {name}"));
+            published.push(body);
         }
         expect_published(&mut q, &published).await;
         let series = format!("hookgate_posting_errors_total{{reason=\"auth\",source=\"{source}\"}}");
