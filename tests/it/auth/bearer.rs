@@ -99,8 +99,16 @@ bearer = {{ hs256_secret = "shared-hs-secret", audience = "hookgate" }}
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bearer_tokens() {
+struct Setup {
+    gw: Gateway,
+    q: crate::support::Queue,
+    jwks: Jwks,
+    rsa_key: EncodingKey,
+    rsa_public: Vec<u8>,
+    _pki: Pki,
+}
+
+async fn setup() -> Setup {
     let (rsa_key, rsa_jwk, rsa_public) = rsa();
     let jwks = serve_jwks(vec![rsa_jwk]).await;
     let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
@@ -108,13 +116,22 @@ async fn bearer_tokens() {
     let extra = format!("{}{}", pki.server_toml(false), sources(&jwks.url, &format!("http://{closed}/jwks")));
     let mut gw = Gateway::start(&extra).await;
     gw.tls = Some(pki.client_config(None, &[b"http/1.1"]));
-    let mut q = gw.queue("#").await;
-    let body = |n: u32| format!(r#"{{"event":"token.test","n":{n}}}"#).into_bytes();
-    let post = |path: &'static str, auth: String, b: Vec<u8>| {
-        let gw = &gw;
-        async move { gw.post(path, &[("content-type", "application/json"), ("authorization", &auth)], &b).await }
-    };
-    let ok = jwt(Algorithm::RS256, Some("rsa-1"), &claims(300), &rsa_key);
+    let q = gw.queue("#").await;
+    Setup { gw, q, jwks, rsa_key, rsa_public, _pki: pki }
+}
+
+fn body(n: u32) -> Vec<u8> {
+    format!(r#"{{"event":"token.test","n":{n}}}"#).into_bytes()
+}
+
+async fn post(gw: &Gateway, path: &str, auth: &str, n: u32) -> crate::support::Resp {
+    gw.post(path, &[("content-type", "application/json"), ("authorization", auth)], &body(n)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused() {
+    let Setup { gw, mut q, rsa_key, rsa_public, .. } = setup().await;
+    let rs256 = |c: &Value, kid: &str| jwt(Algorithm::RS256, Some(kid), c, &rsa_key);
     let mut wrong_aud = claims(300);
     wrong_aud["aud"] = json!("another-service");
     let mut wrong_iss = claims(300);
@@ -124,38 +141,50 @@ async fn bearer_tokens() {
         B64URL.encode(r#"{"alg":"none","typ":"JWT"}"#),
         B64URL.encode(claims(300).to_string())
     );
+    let confused = jwt(Algorithm::HS256, Some("rsa-1"), &claims(300), &EncodingKey::from_secret(&rsa_public));
     let failures = [
-        ("expired", jwt(Algorithm::RS256, Some("rsa-1"), &claims(-120), &rsa_key)),
-        ("wrong audience", jwt(Algorithm::RS256, Some("rsa-1"), &wrong_aud, &rsa_key)),
-        ("wrong issuer", jwt(Algorithm::RS256, Some("rsa-1"), &wrong_iss, &rsa_key)),
-        ("unknown kid", jwt(Algorithm::RS256, Some("rsa-9"), &claims(300), &rsa_key)),
+        ("expired", rs256(&claims(-120), "rsa-1")),
+        ("wrong audience", rs256(&wrong_aud, "rsa-1")),
+        ("wrong issuer", rs256(&wrong_iss, "rsa-1")),
+        ("unknown kid", rs256(&claims(300), "rsa-9")),
         ("alg none", unsigned),
-        (
-            "HS256 with the RSA public key",
-            jwt(Algorithm::HS256, Some("rsa-1"), &claims(300), &EncodingKey::from_secret(&rsa_public)),
-        ),
+        ("HS256 with the RSA public key", confused),
         ("basic instead", "Basic aW5zdGFtZWQ6cHc=".to_string()),
         ("empty", String::new()),
     ];
     for (case, auth) in failures {
-        let r = post("/webhooks/oauth", auth, body(0)).await;
+        let r = post(&gw, "/webhooks/oauth", &auth, 0).await;
         expect(&r, 401, "Unauthorized", case);
         assert_eq!(r.headers["www-authenticate"], "Bearer error=\"invalid_token\"", "{case}");
     }
-    expect(&post("/webhooks/oauth", ok.clone(), body(1)).await, 200, "Stored", "valid RS256");
+    expect(&post(&gw, "/webhooks/oauth", &rs256(&claims(300), "rsa-1"), 1).await, 200, "Stored", "valid RS256");
+    expect_published(&mut q, &[body(1)]).await;
+    assert_eq!(gw.metric("hookgate_auth_failures_total{method=\"bearer\",source=\"oauth\"}").await, 8.0);
+    q.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_outage_and_shared_secret() {
+    let Setup { gw, mut q, jwks, rsa_key, .. } = setup().await;
+    let ok = jwt(Algorithm::RS256, Some("rsa-1"), &claims(300), &rsa_key);
+    expect(&post(&gw, "/webhooks/oauth", &ok, 1).await, 200, "Stored", "valid RS256");
     // The identity provider rotates in a new key: a token with its kid makes the gateway fetch the JWKS again.
     let (ec_key, ec_jwk) = ec("ec-2");
     jwks.doc.lock().expect("lock")["keys"].as_array_mut().expect("keys").push(ec_jwk);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
     let rotated = jwt(Algorithm::ES256, Some("ec-2"), &claims(300), &ec_key);
-    expect(&post("/webhooks/oauth", rotated, body(2)).await, 200, "Stored", "new kid after refresh");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    expect(&post(&gw, "/webhooks/oauth", &rotated, 2).await, 200, "Stored", "new kid after refresh");
     // A JWKS that cannot be fetched is a 401, not a 5xx.
-    expect(&post("/webhooks/oauth-down", ok, body(3)).await, 401, "Unauthorized", "JWKS unreachable");
+    expect(&post(&gw, "/webhooks/oauth-down", &ok, 3).await, 401, "Unauthorized", "JWKS unreachable");
     let hs = |secret: &[u8]| jwt(Algorithm::HS256, None, &claims(300), &EncodingKey::from_secret(secret));
-    expect(&post("/webhooks/oauth-hs", hs(b"wrong"), body(4)).await, 401, "Unauthorized", "HS256 wrong secret");
-    expect(&post("/webhooks/oauth-hs", hs(b"shared-hs-secret"), body(5)).await, 200, "Stored", "HS256");
+    expect(&post(&gw, "/webhooks/oauth-hs", &hs(b"wrong"), 4).await, 401, "Unauthorized", "HS256 wrong secret");
+    let mut expired = claims(-120);
+    expired["aud"] = json!(["hookgate"]);
+    let old = jwt(Algorithm::HS256, None, &expired, &EncodingKey::from_secret(b"shared-hs-secret"));
+    expect(&post(&gw, "/webhooks/oauth-hs", &old, 4).await, 401, "Unauthorized", "HS256 expired");
+    expect(&post(&gw, "/webhooks/oauth-hs", &hs(b"shared-hs-secret"), 5).await, 200, "Stored", "HS256");
     expect_published(&mut q, &[body(1), body(2), body(5)]).await;
-    assert_eq!(gw.metric("hookgate_auth_failures_total{method=\"bearer\",source=\"oauth\"}").await, 8.0);
     q.close().await;
     gw.stop().await;
 }

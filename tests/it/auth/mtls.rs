@@ -1,8 +1,12 @@
 //! `client_cert`: the listener verifies client certificates (optional at the handshake, CRLs enforced); each
 //! source authorizes the subject.
 
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+
 use super::{expect, expect_published};
-use crate::support::{Gateway, Pki};
+use crate::support::{Gateway, Pki, Resp};
 
 const SOURCES: &str = r#"
 [sources.instamed]
@@ -33,51 +37,64 @@ async fn gateway(pki: &Pki, expired_crl: bool) -> Gateway {
     Gateway::start(&extra).await
 }
 
+fn body(n: u32) -> Vec<u8> {
+    format!(r#"{{"event":"mtls.test","n":{n}}}"#).into_bytes()
+}
+
+async fn send(gw: &Gateway, tls: Arc<ClientConfig>, path: &str, auth: &str, n: u32) -> Result<Resp, String> {
+    let headers = [("content-type", "application/json"), ("authorization", auth)];
+    gw.try_request(Some(tls), "POST", path, &headers, &body(n)).await
+}
+
+const ALPN: &[&[u8]] = &[b"http/1.1"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificates_are_verified_then_authorized() {
+async fn sources_authorize_the_verified_subject() {
     let pki = Pki::new();
     let gw = gateway(&pki, false).await;
     let mut q = gw.queue("#").await;
-    let alpn: &[&[u8]] = &[b"http/1.1"];
-    let instamed = pki.client_config(Some(pki.client("webhooks.instamed.com")), alpn);
-    let evil = pki.client_config(Some(pki.client("evil.example")), alpn);
-    let none = pki.client_config(None, alpn);
-    let foreign = pki.client_config(Some(Pki::new().client("webhooks.instamed.com")), alpn);
-    let revoked = pki.client_config(Some(pki.client_with_serial("webhooks.instamed.com", REVOKED)), alpn);
-    let body = |n: u32| format!(r#"{{"event":"mtls.test","n":{n}}}"#).into_bytes();
-    let send = |tls, path: &'static str, auth: String, b: Vec<u8>| {
-        let gw = &gw;
-        async move {
-            let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
-            gw.try_request(Some(tls), "POST", path, &headers, &b).await
-        }
-    };
-    let ok = basic("s3cret-pw");
-    let r = send(instamed.clone(), "/webhooks/instamed", ok.clone(), body(1)).await.expect("answer");
-    expect(&r, 200, "Stored", "right certificate and password");
-    let r = send(instamed.clone(), "/webhooks/instamed", basic("wrong"), body(0)).await.expect("answer");
-    expect(&r, 401, "Unauthorized", "right certificate, wrong password");
-    let r = send(none.clone(), "/webhooks/instamed", ok.clone(), body(0)).await.expect("answer");
-    expect(&r, 403, "Forbidden", "no client certificate");
-    let r = send(evil.clone(), "/webhooks/instamed", ok.clone(), body(0)).await.expect("answer");
-    expect(&r, 403, "Forbidden", "wrong subject");
-    for (case, tls) in [("certificate from another CA", foreign.clone()), ("revoked certificate", revoked)] {
-        let r = send(tls, "/webhooks/instamed", ok.clone(), body(0)).await;
-        assert!(r.is_err(), "{case}: the handshake must fail, got {r:?}");
+    let instamed = pki.client_config(Some(pki.client("webhooks.instamed.com")), ALPN);
+    let evil = pki.client_config(Some(pki.client("evil.example")), ALPN);
+    let none = pki.client_config(None, ALPN);
+    let (ok, wrong) = (basic("s3cret-pw"), basic("wrong"));
+    let cases = [
+        ("right certificate and password", instamed.clone(), "/webhooks/instamed", &ok, 1, 200, "Stored"),
+        ("right certificate, wrong password", instamed, "/webhooks/instamed", &wrong, 0, 401, "Unauthorized"),
+        ("no client certificate", none.clone(), "/webhooks/instamed", &ok, 0, 403, "Forbidden"),
+        ("wrong subject", evil.clone(), "/webhooks/instamed", &ok, 0, 403, "Forbidden"),
+        ("any verified certificate", evil, "/webhooks/any-cert", &ok, 2, 200, "Stored"),
+        ("any-cert without a certificate", none.clone(), "/webhooks/any-cert", &ok, 0, 403, "Forbidden"),
+        ("sources without client_cert share the port", none, "/webhooks/open", &ok, 3, 200, "Stored"),
+    ];
+    for (case, tls, path, auth, n, status, reason) in cases {
+        expect(&send(&gw, tls, path, auth, n).await.expect("an answer"), status, reason, case);
     }
-    let r = send(foreign, "/webhooks/open", String::new(), body(0)).await;
-    assert!(r.is_err(), "a certificate that does not verify is refused on every path: {r:?}");
-    let r = send(evil, "/webhooks/any-cert", String::new(), body(2)).await.expect("answer");
-    expect(&r, 200, "Stored", "any verified certificate");
-    let r = send(none.clone(), "/webhooks/any-cert", String::new(), body(0)).await.expect("answer");
-    expect(&r, 403, "Forbidden", "any-cert without a certificate");
-    let r = send(none, "/webhooks/open", String::new(), body(3)).await.expect("answer");
-    expect(&r, 200, "Stored", "sources without client_cert share the port");
     expect_published(&mut q, &[body(1), body(2), body(3)]).await;
     let forbidden = gw.metric("hookgate_posting_errors_total{reason=\"forbidden\",source=\"instamed\"}").await;
     assert_eq!(forbidden, 2.0);
     let failures = gw.metric("hookgate_auth_failures_total{method=\"client_cert\",source=\"instamed\"}").await;
     assert_eq!(failures, 2.0);
+    q.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_and_revoked_certificates_fail_the_handshake() {
+    let pki = Pki::new();
+    let gw = gateway(&pki, false).await;
+    let mut q = gw.queue("#").await;
+    let foreign = pki.client_config(Some(Pki::new().client("webhooks.instamed.com")), ALPN);
+    let revoked = pki.client_config(Some(pki.client_with_serial("webhooks.instamed.com", REVOKED)), ALPN);
+    let ok = basic("s3cret-pw");
+    for (case, tls, path) in [
+        ("certificate from another CA", foreign.clone(), "/webhooks/instamed"),
+        ("revoked certificate", revoked, "/webhooks/instamed"),
+        ("a certificate that does not verify is refused on every path", foreign, "/webhooks/open"),
+    ] {
+        let r = send(&gw, tls, path, &ok, 0).await;
+        assert!(r.is_err(), "{case}: the handshake must fail, got {r:?}");
+    }
+    expect_published(&mut q, &[]).await;
     q.close().await;
     gw.stop().await;
 }
