@@ -1,9 +1,11 @@
 //! Authentication: an [`Unverified`] delivery becomes [`Authenticated`] only by passing every check its source
 //! configures (SPEC §5: "All configured methods must pass").
 //!
-//! Each method is one [`Check`] in `auth/`. Checks never say which secret or value was wrong: they return the
-//! method that failed and, for Basic and Bearer, the challenge to send. A source without checks must have said
-//! `unauthenticated = true` (config validation refuses anything else).
+//! Each method is one [`Check`] in `auth/`: `ip.rs` (`ip_allow`), `mtls.rs` (`client_cert`), `basic.rs`,
+//! `token.rs` (`bearer`: JWT, JWKS), `headers.rs` and `hmac.rs` (one file per scheme family under `hmac/`).
+//! Checks never say which secret or value was wrong: they return the method that failed and, for Basic and
+//! Bearer, the challenge to send. A source without checks must have said `unauthenticated = true` (config
+//! validation refuses anything else). Checks take the time from [`Unverified::now`], so they are pure.
 
 mod basic;
 mod headers;
