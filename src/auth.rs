@@ -1,13 +1,18 @@
 //! Authentication: an [`Unverified`] delivery becomes [`Authenticated`] only by passing every check its source
 //! configures (SPEC §5: "All configured methods must pass").
 //!
-//! Each method is one [`Check`] in `auth/`. Checks never say which secret or value was wrong: they return the
-//! method that failed and, for Basic and Bearer, the challenge to send. A source without checks must have said
-//! `unauthenticated = true` (config validation refuses anything else).
+//! Each method is one [`Check`] in `auth/`: `ip.rs` (`ip_allow`), `mtls.rs` (`client_cert`), `basic.rs`,
+//! `token.rs` (`bearer`: JWT, JWKS), `headers.rs` and `hmac.rs` (one file per scheme family under `hmac/`).
+//! Checks never say which secret or value was wrong: they return the method that failed and, for Basic and
+//! Bearer, the challenge to send. A source without checks must have said `unauthenticated = true` (config
+//! validation refuses anything else). Checks take the time from [`Unverified::now`], so they are pure.
 
 mod basic;
 mod headers;
-mod ip;
+pub mod hmac;
+pub mod ip;
+mod mtls;
+pub mod token;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +21,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use ipnet::IpNet;
 use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -29,11 +35,21 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// The verified client certificate chain (end entity first), when the client presented one.
     pub client_certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The source address of the connection's PROXY v2 header (only ever read from a trusted proxy).
+    pub proxied: Option<SocketAddr>,
+    /// `server.trusted_proxies`: whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[IpNet]>,
 }
 
 impl Peer {
     pub fn plain(addr: SocketAddr) -> Self {
-        Peer { addr, client_certs: None }
+        Peer { addr, client_certs: None, proxied: None, trusted_proxies: Arc::from(Vec::new()) }
+    }
+
+    /// The client address of a request on this connection (see `client_addr.rs`).
+    pub fn client_ip(&self, headers: &http::HeaderMap) -> IpAddr {
+        let direct = self.proxied.map_or(self.addr.ip(), |a| a.ip());
+        crate::client_addr::client_ip(direct, headers, &self.trusted_proxies)
     }
 }
 
@@ -110,22 +126,46 @@ impl Verifier {
         if let Some(nets) = &auth.ip_allow {
             checks.push(Box::new(ip::IpAllow::new(nets.clone())));
         }
-        if auth.client_cert.is_some() {
-            return Err(ConfigError::key(&format!("{key}.auth.client_cert"), "is not available in this build"));
+        if let Some(cfg) = &auth.client_cert {
+            checks.push(Box::new(mtls::ClientCertCheck::build(&format!("{key}.auth.client_cert"), cfg)?));
         }
         if let Some(creds) = &auth.basic {
             checks.push(Box::new(basic::Basic::build(&format!("{key}.auth.basic"), creds, env)?));
         }
-        if auth.bearer.is_some() {
-            return Err(ConfigError::key(&format!("{key}.auth.bearer"), "is not available in this build"));
+        if let Some(cfg) = &auth.bearer {
+            checks.push(Box::new(token::Bearer::build(&format!("{key}.auth.bearer"), cfg, env)?));
         }
         if let Some(headers) = &auth.headers {
             checks.push(Box::new(headers::StaticHeaders::build(&format!("{key}.auth.headers"), headers, env)?));
         }
-        if auth.hmac.is_some() {
-            return Err(ConfigError::key(&format!("{key}.auth.hmac"), "is not available in this build"));
+        if let Some(cfg) = &auth.hmac {
+            checks.push(Box::new(hmac::HmacCheck::build(&format!("{key}.auth.hmac"), cfg, env)?));
         }
         Ok(Verifier { checks })
+    }
+
+    /// Checks what can be checked without secrets or files (called by `Config::validate`, so that
+    /// `check-config` and a reload name the key before anything is resolved).
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the key.
+    pub fn validate(key: &str, auth: &config::Auth) -> Result<(), ConfigError> {
+        if let Some(cfg) = &auth.client_cert {
+            mtls::ClientCertCheck::build(&format!("{key}.auth.client_cert"), cfg)?;
+        }
+        if let Some(cfg) = &auth.bearer {
+            token::validate(&format!("{key}.auth.bearer"), cfg)?;
+        }
+        if let Some(cfg) = &auth.hmac {
+            hmac::Scheme::build(&format!("{key}.auth.hmac"), cfg)?;
+        }
+        if auth.basic.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::key(&format!("{key}.auth.basic"), "list at least one credential"));
+        }
+        if auth.ip_allow.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::key(&format!("{key}.auth.ip_allow"), "list at least one address range"));
+        }
+        Ok(())
     }
 
     /// The checks that can run on the request head alone, before the body is read.

@@ -175,6 +175,15 @@ impl Config {
         if s.max_connections == 0 {
             return Err(ConfigError::key("server.max_connections", "must be at least 1"));
         }
+        if s.proxy_protocol && s.trusted_proxies.is_empty() {
+            return Err(ConfigError::key(
+                "server.proxy_protocol",
+                "needs server.trusted_proxies: a PROXY header is only believed from a trusted proxy",
+            ));
+        }
+        if s.tls.as_ref().is_some_and(|t| !t.crls.is_empty() && t.client_ca.is_none()) {
+            return Err(ConfigError::key("server.tls.crls", "needs server.tls.client_ca"));
+        }
         if s.max_header_bytes < 1024 {
             return Err(ConfigError::key("server.max_header_bytes", "must be at least 1024"));
         }
@@ -293,6 +302,7 @@ fn validate_source(
         }
         _ => {}
     }
+    crate::auth::Verifier::validate(&format!("sources.{name}"), &s.auth)?;
     if s.auth.client_cert.is_some() && !client_ca {
         return Err(ConfigError::key(
             &key("auth.client_cert"),

@@ -10,7 +10,9 @@
 //! Request path, in order:
 //!
 //! - [`tls`]: rustls server config — chain, key, optional client-CA verifier, ALPN.
-//! - [`listener`]: accept loop, connection cap, TLS handshake timeout, hyper HTTP/1.1 + HTTP/2, drain.
+//! - [`listener`]: accept loop, connection cap, PROXY v2 header, TLS handshake timeout, hyper HTTP/1.1 + HTTP/2,
+//!   drain.
+//! - [`client_addr`]: the client address — socket, or PROXY header / `X-Forwarded-For` from trusted proxies.
 //! - [`http`]: the per-connection hyper service; body reading under a byte cap and a time limit.
 //! - [`pipeline`]: calls the stages below in order for one request; no other logic.
 //! - [`router`]: (method, path) → configured [`source::Source`]; path parameters.
@@ -32,6 +34,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client_addr;
 pub mod config;
 pub mod dedup;
 pub mod error;
@@ -169,6 +172,8 @@ impl App {
             header_read_timeout: config.server.header_read_timeout.0,
             max_header_bytes: config.server.max_header_bytes,
             drain_timeout: config.server.drain_timeout.0,
+            trusted_proxies: Arc::from(config.server.trusted_proxies.clone()),
+            proxy_protocol: config.server.proxy_protocol,
         };
         // Shutdown order: /readyz turns 503 and the listener stops accepting at once; when every in-flight request
         // is answered (or drain_timeout passes), the publisher closes AMQP and the admin listener stops.

@@ -26,6 +26,10 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
+    /// `server.trusted_proxies`: the peers whose PROXY header or `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// `server.proxy_protocol`: every connection opens with a PROXY v2 header.
+    pub proxy_protocol: bool,
 }
 
 /// Serves the public listener until `shutdown`, then drains: stop accepting, ask every connection to finish its
@@ -82,11 +86,21 @@ struct Connection {
 }
 
 impl Connection {
-    async fn run(&self, stream: TcpStream, addr: std::net::SocketAddr, watcher: hyper_util::server::graceful::Watcher) {
+    async fn run(
+        &self,
+        mut stream: TcpStream,
+        addr: std::net::SocketAddr,
+        watcher: hyper_util::server::graceful::Watcher,
+    ) {
+        let Ok(proxied) = self.proxy_header(&mut stream, addr).await else {
+            return;
+        };
+        let peer =
+            |client_certs| Peer { addr, client_certs, proxied, trusted_proxies: self.limits.trusted_proxies.clone() };
         let builder = self.builder();
         match &self.tls {
             None => {
-                let svc = service(self.gateway.clone(), Peer::plain(addr));
+                let svc = service(self.gateway.clone(), peer(None));
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let _ = watcher.watch(conn.into_owned()).await;
             }
@@ -109,10 +123,33 @@ impl Connection {
                     .1
                     .peer_certificates()
                     .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect()));
-                let peer = Peer { addr, client_certs: certs };
-                let svc = service(self.gateway.clone(), peer);
+                let svc = service(self.gateway.clone(), peer(certs));
                 let conn = builder.serve_connection(TokioIo::new(tls), svc);
                 let _ = watcher.watch(conn.into_owned()).await;
+            }
+        }
+    }
+
+    /// With `proxy_protocol`, reads the PROXY v2 header (under the handshake timeout). `Err`: drop the
+    /// connection (untrusted peer, malformed or missing header).
+    async fn proxy_header(
+        &self,
+        stream: &mut TcpStream,
+        addr: std::net::SocketAddr,
+    ) -> Result<Option<std::net::SocketAddr>, ()> {
+        if !self.limits.proxy_protocol {
+            return Ok(None);
+        }
+        let read = crate::client_addr::read_proxy_v2(stream, addr.ip(), &self.limits.trusted_proxies);
+        match tokio::time::timeout(self.limits.tls_handshake_timeout, read).await {
+            Ok(Ok(proxied)) => Ok(proxied),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, peer = %addr, "PROXY header refused; connection dropped");
+                Err(())
+            }
+            Err(_) => {
+                tracing::debug!(peer = %addr, "PROXY header timed out; connection dropped");
+                Err(())
             }
         }
     }

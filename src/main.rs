@@ -41,6 +41,16 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// Print the headers a provider would send with BODY to SOURCE (its hmac scheme, first secret), one
+    /// `Name: value` per line, e.g. for `curl -H @headers.txt`.
+    Sign {
+        /// The source whose `auth.hmac` signs.
+        #[arg(long)]
+        source: String,
+        /// The file holding the exact body to send.
+        #[arg(long)]
+        body: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -72,6 +82,7 @@ fn main() -> ExitCode {
     };
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&config),
+        Command::Sign { source, body } => sign(&config, &source, &body),
         Command::Run => run(config),
         Command::Tail { bind, count } => tail(&config, &bind, count),
         Command::Spool { action } => spool(&config, action),
@@ -138,6 +149,37 @@ fn tail(config: &Config, bind: &str, count: Option<u64>) -> ExitCode {
         Err(e) => {
             eprintln!("hookgate tail: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn sign(config: &Config, source: &str, body: &std::path::Path) -> ExitCode {
+    let Some(hmac) = config.sources.get(source).map(|s| &s.auth.hmac) else {
+        eprintln!("hookgate: no source named {source:?} in the configuration");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let Some(hmac) = hmac else {
+        eprintln!("hookgate: sources.{source}.auth has no hmac method to sign with");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let body = match std::fs::read(body) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("hookgate: cannot read the body file {}: {e}", body.display());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let key = format!("sources.{source}.auth.hmac");
+    match hookgate::auth::hmac::sign(&key, hmac, &ProcessEnv, &body, std::time::SystemTime::now()) {
+        Ok(headers) => {
+            for (name, value) in headers {
+                println!("{name}: {value}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookgate: invalid configuration: {e}");
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }

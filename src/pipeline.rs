@@ -109,7 +109,7 @@ impl Gateway {
         let (parts, body) = req.into_parts();
         reject_ambiguous_framing(&parts.headers)?;
         let content_length = content_length(&parts.headers)?;
-        let client_ip = peer.addr.ip();
+        let client_ip = peer.client_ip(&parts.headers);
         let mut unverified = Unverified { parts, body: Bytes::new(), peer, client_ip, now: SystemTime::now() };
         source.verifier.verify_head(&unverified).await.map_err(|e| self.auth_failed(source, e))?;
         let body_until = deadline.min(Instant::now() + self.body_read_timeout);
@@ -185,6 +185,11 @@ impl Gateway {
             Err(error) => {
                 self.metrics.posting_errors.with_label_values(&[name, error.reason()]).inc();
                 let reason = error.reason();
+                // The auth method that failed, never the value presented.
+                let method = match error {
+                    PipelineError::Auth(e) => Some(e.method()),
+                    _ => None,
+                };
                 match error.class() {
                     crate::error::Class::Client | crate::error::Class::RateLimited => {
                         tracing::warn!(
@@ -193,6 +198,7 @@ impl Gateway {
                             event_id,
                             status,
                             reason,
+                            method,
                             latency_ms,
                             "delivery refused"
                         );

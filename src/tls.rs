@@ -1,7 +1,8 @@
 //! The rustls server configuration: certificate chain, key, optional client-CA verifier (mutual TLS), ALPN.
 //!
 //! Client certificates are *optional* at the handshake, so sources without `client_cert` share the port; the
-//! verifier only authenticates a presented certificate against `client_ca`, and each source authorizes.
+//! verifier only authenticates a presented certificate against `client_ca` (and `crls`, when given), and each
+//! source authorizes (`auth/mtls.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -34,12 +35,18 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, ConfigError
                     ConfigError::key("server.tls.client_ca", format!("not a usable CA certificate: {e}"))
                 })?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .with_crls(Vec::<CertificateRevocationListDer<'static>>::new())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| ConfigError::key("server.tls.client_ca", e.to_string()))?;
+            let mut verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .with_crls(load_crls(&tls.crls)?)
+                .allow_unauthenticated();
+            if !tls.crls.is_empty() {
+                // The CRLs are the client CAs' own: intermediates are not checked, and an expired CRL fails closed.
+                verifier = verifier.only_check_end_entity_revocation().enforce_revocation_expiration();
+            }
+            let verifier = verifier.build().map_err(|e| ConfigError::key("server.tls.crls", e.to_string()))?;
             builder.with_client_cert_verifier(verifier)
+        }
+        None if !tls.crls.is_empty() => {
+            return Err(ConfigError::key("server.tls.crls", "needs server.tls.client_ca"));
         }
         None => builder.with_no_client_auth(),
     };
@@ -48,6 +55,25 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, ConfigError
         .map_err(|e| ConfigError::key("server.tls.key", format!("does not match the certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+fn load_crls(paths: &[std::path::PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
+    let mut crls = Vec::new();
+    for (i, path) in paths.iter().enumerate() {
+        let found = CertificateRevocationListDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| {
+                ConfigError::key(
+                    &format!("server.tls.crls[{i}]"),
+                    format!("cannot read CRLs from {}: {e}", path.display()),
+                )
+            })?;
+        if found.is_empty() {
+            return Err(ConfigError::key(&format!("server.tls.crls[{i}]"), format!("{} holds no CRL", path.display())));
+        }
+        crls.extend(found);
+    }
+    Ok(crls)
 }
 
 fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {

@@ -57,6 +57,10 @@ pub struct Tls {
     pub key: PathBuf,
     /// Enables client-certificate verification (optional at the handshake; sources decide).
     pub client_ca: Option<PathBuf>,
+    /// PEM certificate revocation lists of the client CAs; a certificate they revoke fails the handshake, and so
+    /// does any client certificate once a CRL has passed its `nextUpdate`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub crls: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -120,3 +120,68 @@ fn storage_rules() {
     let cfg = Config::parse(MINIMAL).and_then(Config::validate).unwrap();
     assert_eq!(cfg.storage.shared_prefix, "hookgate");
 }
+
+/// Every source of the example builds (secrets resolved) once its environment variables and files exist.
+#[test]
+fn every_example_source_builds() {
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    let text = example().replace("/run/secrets/", &format!("{d}/")).replace("/etc/hookgate/", &format!("{d}/"));
+    std::fs::write(dir.path().join("instamed-password-next"), "next-pw\n").unwrap();
+    std::fs::write(dir.path().join("card-webhook-secret"), "card-secret\n").unwrap();
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let point = pair.public_key().as_ref();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = format!(
+        r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k1","x":"{}","y":"{}"}}]}}"#,
+        b64(&point[1..33]),
+        b64(&point[33..65])
+    );
+    std::fs::write(dir.path().join("internal-jwks.json"), jwks).unwrap();
+    let env: std::collections::HashMap<String, String> = [
+        ("INSTAMED_PASSWORD", "pw"),
+        ("TYRO_SECRET", "tyro-secret"),
+        ("TYRO_SESSION_KEY", "session"),
+        ("BILLING_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("PARTNER_SECRET", "partner-secret"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let cfg = Config::parse(&text).and_then(Config::validate).unwrap();
+    let sources = crate::source::build_all(&cfg, &env).unwrap();
+    let methods: Vec<_> = sources.iter().map(|s| (s.name.to_string(), s.verifier.methods())).collect();
+    assert!(methods.contains(&("instamed".into(), vec!["ip_allow", "client_cert", "basic"])), "{methods:?}");
+    assert!(methods.contains(&("tyro".into(), vec!["headers", "hmac"])), "{methods:?}");
+    assert!(methods.contains(&("internal".into(), vec!["bearer"])), "{methods:?}");
+}
+
+#[test]
+fn auth_mistakes_are_found_by_validate() {
+    let src = "[sources.a]\npreset = \"generic\"\n[sources.a.auth]\n";
+    let cases = [
+        ("hmac = { scheme = \"custom\", secrets_env = [\"X\"], signed = \"{body}\" }", "`sources.a.auth.hmac.header`"),
+        ("hmac = { scheme = \"tyro\", header = \"X\" }", "`sources.a.auth.hmac.header`: only for scheme"),
+        ("bearer = { issuer = \"i\", audience = \"a\" }", "`sources.a.auth.bearer`: give exactly one"),
+        ("bearer = { jwks_url = \"https://idp/jwks\", audience = \"a\" }", "`sources.a.auth.bearer.issuer`"),
+        ("bearer = { hs256_secret_env = \"X\", algorithms = [\"none\"] }", "`sources.a.auth.bearer.algorithms`"),
+        ("ip_allow = []", "`sources.a.auth.ip_allow`"),
+        ("basic = []", "`sources.a.auth.basic`"),
+    ];
+    for (line, expected) in cases {
+        let e = err(&format!("{src}{line}\n"));
+        assert!(e.contains(expected), "{line}: {e}");
+    }
+}
+
+#[test]
+fn proxy_protocol_and_crls_need_their_companions() {
+    let e = err(&format!("[server]\nproxy_protocol = true\n{MINIMAL}"));
+    assert!(e.contains("`server.proxy_protocol`: needs server.trusted_proxies"), "{e}");
+    let e = err(&format!("[server.tls]\ncert = \"c\"\nkey = \"k\"\ncrls = [\"x.crl\"]\n{MINIMAL}"));
+    assert!(e.contains("`server.tls.crls`: needs server.tls.client_ca"), "{e}");
+}

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod auth;
 mod broker_failures;
 mod cli;
 mod crash;

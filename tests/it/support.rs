@@ -198,6 +198,29 @@ impl Gateway {
         }
     }
 
+    /// A request over TLS with `tls` (or plain, with `None`) that may fail: a refused handshake or a dropped
+    /// connection is an `Err`.
+    pub async fn try_request(
+        &self,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<Resp, String> {
+        let req = build_request(method, path, headers, body);
+        let stream = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+        match tls {
+            None => try_send(stream, req).await,
+            Some(cfg) => {
+                let connector = tokio_rustls::TlsConnector::from(cfg);
+                let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+                let tls = connector.connect(name, stream).await.map_err(|e| e.to_string())?;
+                try_send(tls, req).await
+            }
+        }
+    }
+
     /// GET on the admin listener: status and body.
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         let Ok(stream) = TcpStream::connect(self.admin).await else { return (0, String::new()) };
@@ -276,13 +299,13 @@ impl Client {
     /// A POST that may fail (the gateway was killed): `None` when no answer came.
     pub async fn try_post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Resp> {
         let stream = TcpStream::connect(self.addr).await.ok()?;
-        try_send(stream, build_request("POST", path, headers, body)).await
+        try_send(stream, build_request("POST", path, headers, body)).await.ok()
     }
 
     /// A GET that may fail: status and body.
     pub async fn try_get(&self, path: &str) -> Option<(u16, String)> {
         let stream = TcpStream::connect(self.addr).await.ok()?;
-        let r = try_send(stream, build_request("GET", path, &[], b"")).await?;
+        let r = try_send(stream, build_request("GET", path, &[], b"")).await.ok()?;
         Some((r.status, String::from_utf8_lossy(&r.body).into_owned()))
     }
 }
@@ -290,24 +313,6 @@ impl Client {
 /// A loopback port that was free a moment ago (for a gateway process that binds it itself).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-async fn try_send<S>(io: S, req: http::Request<Full<Bytes>>) -> Option<Resp>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.ok()?;
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.ok()?;
-    let status = resp.status();
-    let reason = resp
-        .extensions()
-        .get::<hyper::ext::ReasonPhrase>()
-        .map(|r| String::from_utf8_lossy(r.as_bytes()).into_owned())
-        .unwrap_or_default();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.ok()?.to_bytes();
-    Some(Resp { status: status.as_u16(), reason, headers, body })
 }
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
@@ -346,9 +351,17 @@ async fn send<S>(io: S, req: http::Request<Full<Bytes>>) -> Resp
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.expect("handshake");
+    try_send(io, req).await.expect("response")
+}
+
+async fn try_send<S>(io: S, req: http::Request<Full<Bytes>>) -> Result<Resp, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.expect("response");
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
     let status = resp.status();
     let reason = resp
         .extensions()
@@ -357,7 +370,7 @@ where
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("").to_string());
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-    Resp { status: status.as_u16(), reason, headers, body }
+    Ok(Resp { status: status.as_u16(), reason, headers, body })
 }
 
 // === impl Queue ===
@@ -450,7 +463,11 @@ impl Pki {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params.distinguished_name.push(rcgen::DnType::CommonName, "hookgate test CA");
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
         let key = rcgen::KeyPair::generate().expect("key");
         let ca = params.self_signed(&key).expect("CA");
         let issuer = rcgen::Issuer::new(params, key);
@@ -479,6 +496,39 @@ impl Pki {
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = p.signed_by(&key, &self.issuer).expect("client cert");
         (cert.pem(), key.serialize_pem())
+    }
+
+    /// A client certificate for `cn` with a chosen serial number (for CRLs).
+    pub fn client_with_serial(&self, cn: &str, serial: u64) -> (String, String) {
+        let mut p = rcgen::CertificateParams::new(vec![cn.to_string()]).expect("params");
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.serial_number = Some(rcgen::SerialNumber::from(serial));
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = p.signed_by(&key, &self.issuer).expect("client cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A PEM CRL of this CA revoking `serials`; `expired`: its nextUpdate is in the past.
+    pub fn crl(&self, serials: &[u64], expired: bool) -> String {
+        let next_update = if expired { rcgen::date_time_ymd(2021, 1, 1) } else { rcgen::date_time_ymd(2099, 1, 1) };
+        let revoked_certs = serials
+            .iter()
+            .map(|s| rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(*s),
+                revocation_time: rcgen::date_time_ymd(2020, 6, 1),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: rcgen::date_time_ymd(2020, 6, 1),
+            next_update,
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.issuer).expect("CRL").pem().expect("CRL PEM")
     }
 
     /// A TLS client trusting this CA, optionally presenting a client certificate, with the given ALPN.
