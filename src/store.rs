@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::publish::{PublishError, Publisher, Sink};
+use crate::publish::{amqp_message, PublishError, Publisher, Sink};
 use crate::spool::{Spool, SpoolError};
 
 /// Kept from the answer deadline for the spool append after a broker attempt.
@@ -47,6 +47,8 @@ impl Store {
     }
 
     async fn store(&self, event: &Event, deadline: Instant) -> Result<(), StoreError> {
+        // An event that cannot become an AMQP message is refused before it could sit in the spool.
+        amqp_message(event)?;
         if !self.spool.is_empty() || !self.replayed.load(Ordering::Acquire) {
             return self.spool_it(event, "behind_spool").await;
         }

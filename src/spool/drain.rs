@@ -108,7 +108,8 @@ impl Drainer {
         let deadline = Instant::now() + self.publisher.publish_timeout();
         match self.publisher.publish(&event, deadline).await {
             Ok(()) => {}
-            Err(PublishError::Returned) => {
+            // Encode cannot happen for an event the store accepted; parked all the same, never a blocked head.
+            Err(PublishError::Returned | PublishError::Encode(_)) => {
                 if let Err(e) = self.parked.append(&event).await {
                     return Step::Failed(format!("unroutable event not parked: {e}"));
                 }

@@ -6,9 +6,10 @@
 //! record   := len u32 LE | crc u32 LE | seq u64 LE | payload (len - 8 bytes)
 //!             crc = CRC-32 (IEEE) of seq and payload; len counts seq and payload
 //! payload  := plaintext event, or nonce (12 bytes) | AES-256-GCM(ciphertext | tag) with AAD = seq
-//! event    := version u8 (1) | source str16 | id str16 | kind str16 | subject opt(str16)
-//!             | time opt(ts) | rank opt(u8) | received_at ts | content_type str16 | out_of_order u8 | body bytes32
-//! ts       := secs i64 LE | nanos u32 LE;  strN := len uN LE | UTF-8;  opt(x) := 0 | 1 x
+//! event    := version u8 (1) | source str | id str | kind str | subject opt(str)
+//!             | time opt(ts) | rank opt(u8) | received_at ts | content_type str | out_of_order u8 | body bytes
+//! ts       := secs i64 LE | nanos u32 LE;  str := len u32 LE | UTF-8;  bytes := len u32 LE | bytes;
+//! opt(x)   := 0 | 1 x
 //! ```
 
 use std::sync::Arc;
@@ -111,10 +112,9 @@ pub fn encode(e: &Event) -> Vec<u8> {
 }
 
 fn put_str(w: &mut Vec<u8>, s: &str) {
-    // Every string of an event is far below 64 KiB (ids and types fit AMQP short strings).
-    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
-    w.extend_from_slice(&len.to_le_bytes());
-    w.extend_from_slice(&s.as_bytes()[..usize::from(len)]);
+    // Strings and bodies are bounded by max_body_bytes, far below 4 GiB.
+    w.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+    w.extend_from_slice(s.as_bytes());
 }
 
 fn put_ts(w: &mut Vec<u8>, t: &DateTime<Utc>) {
@@ -162,8 +162,8 @@ impl Reader<'_> {
     }
 
     fn str(&mut self) -> Result<String, DecodeError> {
-        let len = u16::from_le_bytes(self.take(2)?.try_into().map_err(|_| DecodeError("short"))?);
-        let s = self.take(usize::from(len))?;
+        let len = u32::from_le_bytes(self.take(4)?.try_into().map_err(|_| DecodeError("short"))?) as usize;
+        let s = self.take(len)?;
         String::from_utf8(s.to_vec()).map_err(|_| DecodeError("not UTF-8"))
     }
 
@@ -204,6 +204,9 @@ mod tests {
         assert!(d.out_of_order);
         assert_eq!(d.received_at, e.received_at);
         assert!(decode(&encode(&e)[..10]).is_err());
+        let mut long = event(2);
+        long.subject = Some("é".repeat(40_000)); // 80,000 bytes: past any 16-bit length
+        assert_eq!(decode(&encode(&long)).unwrap().subject, long.subject);
     }
 
     #[test]
