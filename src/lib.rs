@@ -114,7 +114,8 @@ impl App {
     /// Builds every stage from a validated config (resolving secrets through `env`) and starts serving.
     ///
     /// # Errors
-    /// A configuration problem found while building (a secret or certificate that cannot be loaded).
+    /// A configuration problem found while building (a secret, certificate or spool key that cannot be loaded,
+    /// as a [`config::ConfigError`]), or storage that cannot be opened (`data_dir`, the spool, Redis).
     pub async fn start(
         config: &Config,
         env: &dyn Env,
@@ -176,7 +177,8 @@ impl App {
             proxy_protocol: config.server.proxy_protocol,
         };
         // Shutdown order: /readyz turns 503 and the listener stops accepting at once; when every in-flight request
-        // is answered (or drain_timeout passes), the publisher closes AMQP and the admin listener stops.
+        // is answered (or drain_timeout passes), the spool drainer stops (every spooled record is already fsynced;
+        // the rest is replayed at the next start), the publisher closes AMQP and the admin listener stops.
         let serve_task = tokio::spawn({
             let (gateway, metrics, shutdown, after_drain, readiness) =
                 (gateway.clone(), metrics.clone(), shutdown.clone(), after_drain.clone(), readiness.clone());

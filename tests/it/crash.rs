@@ -150,4 +150,5 @@ async fn two_processes_sharing_redis_publish_a_retry_once() {
     q.close().await;
     drop((a, b));
     delete_exchange(&exchange).await;
+    crate::shared::cleanup(&prefix).await;
 }

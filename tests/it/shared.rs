@@ -44,7 +44,8 @@ async fn redis() -> redis::aio::MultiplexedConnection {
     }
 }
 
-async fn cleanup(prefix: &str) {
+/// Deletes the test's Redis keys (only its own prefix; never anything else).
+pub async fn cleanup(prefix: &str) {
     let mut r = redis().await;
     let keys: Vec<String> = r.keys(format!("{prefix}:*")).await.unwrap_or_default();
     for k in keys {
