@@ -40,6 +40,7 @@ pub struct Metrics {
     pub spool_events: IntGauge,
     pub spooled: IntCounterVec,
     pub spool_parked: IntGauge,
+    pub spool_bytes: IntGauge,
     pub spool_quarantined: IntCounter,
     pub broker_connected: IntGauge,
     pub request_body_bytes: HistogramVec,
@@ -121,6 +122,7 @@ impl Metrics {
         registry.register(Box::new(request_body_bytes.clone())).expect("registered once");
         Metrics {
             spool_events: gauge("hookgate_spool_events", "Events waiting in the spool."),
+            spool_bytes: gauge("hookgate_spool_bytes", "Bytes of undrained spool records (against spool_max_bytes)."),
             spool_parked: gauge(
                 "hookgate_spool_parked_events",
                 "Spooled events the broker returned as unroutable, waiting for a queue or alternate exchange.",

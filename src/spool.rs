@@ -165,6 +165,11 @@ impl Spool {
         self.state().queue.len()
     }
 
+    /// Bytes of undrained records (what `storage.spool_max_bytes` caps).
+    pub fn bytes(&self) -> u64 {
+        self.state().bytes
+    }
+
     pub fn is_empty(&self) -> bool {
         self.state().queue.is_empty()
     }

@@ -63,6 +63,7 @@ impl Store {
     async fn spool_it(&self, event: &Event, why: &'static str) -> Result<(), StoreError> {
         let seq = self.spool.append(event).await?;
         self.metrics.spool_events.set(i64::try_from(self.spool.len()).unwrap_or(i64::MAX));
+        self.metrics.spool_bytes.set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
         self.metrics.spooled.with_label_values(&[why]).inc();
         tracing::debug!(seq, why, "event spooled");
         Ok(())

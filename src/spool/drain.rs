@@ -86,6 +86,7 @@ impl Drainer {
 
     fn gauges(&self) {
         self.metrics.spool_events.set(i64::try_from(self.spool.len()).unwrap_or(i64::MAX));
+        self.metrics.spool_bytes.set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
         self.metrics.spool_parked.set(i64::try_from(self.parked.len()).unwrap_or(i64::MAX));
     }
 

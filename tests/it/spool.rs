@@ -51,6 +51,8 @@ async fn a_full_spool_answers_503_and_loses_nothing() {
         }
     }
     assert!(stored.len() >= 10 && refused.len() >= 10, "{} stored, {} refused", stored.len(), refused.len());
+    let bytes = gw.metric("hookgate_spool_bytes").await;
+    assert!(bytes > 3000.0 && bytes <= 4096.0, "{bytes}");
     let full = gw.metric("hookgate_posting_errors_total{reason=\"spool_full\",source=\"generic\"}").await;
     assert_eq!(full, refused.len() as f64);
     proxy.restore().await;
