@@ -45,6 +45,8 @@ pub enum PipelineError {
     Deadline,
     #[error("an identical delivery is still being stored")]
     InFlight,
+    #[error("the store task failed")]
+    StoreTaskFailed,
     #[error("event not spooled: {0}")]
     Spool(SpoolError),
     #[error("the shared dedup store is unavailable")]
@@ -69,6 +71,7 @@ impl PipelineError {
             | PipelineError::InFlight
             | PipelineError::Spool(_)
             | PipelineError::DedupUnavailable => Class::Unavailable,
+            PipelineError::StoreTaskFailed => Class::Internal,
             _ => Class::Client,
         }
     }
@@ -93,6 +96,7 @@ impl PipelineError {
             | PipelineError::Deadline
             | PipelineError::InFlight
             | PipelineError::DedupUnavailable => "unavailable",
+            PipelineError::StoreTaskFailed => "internal",
         }
     }
 }

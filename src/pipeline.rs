@@ -133,9 +133,17 @@ impl Gateway {
             event.out_of_order = true;
             self.metrics.out_of_order.with_label_values(&[&source.name]).inc();
         }
+        // Storing and recording the id run as their own task: a provider that hangs up (or the answer deadline)
+        // cancels this request, but never an event half-way between the broker's confirm and its dedup record.
         // A failure drops the guard, which releases the claim: the provider's retry is admitted.
-        self.sink.store(&event, deadline).await?;
-        guard.complete(source.dedup_window).await;
+        let (sink, window) = (self.sink.clone(), source.dedup_window);
+        let event = tokio::spawn(async move {
+            sink.store(&event, deadline).await?;
+            guard.complete(window).await;
+            Ok::<Event, crate::store::StoreError>(event)
+        })
+        .await
+        .map_err(|_| PipelineError::StoreTaskFailed)??;
         let type_label = self.type_label(&source.name, &event.kind);
         self.metrics.events.with_label_values(&[source.name.as_ref(), type_label.as_str()]).inc();
         self.metrics.request_body_bytes.with_label_values(&[&source.name]).observe(event.body.len() as f64);
