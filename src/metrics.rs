@@ -43,6 +43,7 @@ pub struct Metrics {
     pub spool_bytes: IntGauge,
     pub spool_quarantined: IntCounter,
     pub broker_connected: IntGauge,
+    pub broker_blocked: IntGauge,
     pub request_body_bytes: HistogramVec,
     pub open_connections: IntGauge,
     pub tls_handshake_failures: IntCounterVec,
@@ -128,6 +129,10 @@ impl Metrics {
                 "Spooled events the broker returned as unroutable, waiting for a queue or alternate exchange.",
             ),
             broker_connected: gauge("hookgate_broker_connected", "1 when the broker connection is up."),
+            broker_blocked: gauge(
+                "hookgate_broker_blocked",
+                "1 while the broker blocks publishing (connection.blocked: a resource alarm).",
+            ),
             open_connections: gauge("hookgate_open_connections", "Open client connections on the public listener."),
             registry,
             requests,

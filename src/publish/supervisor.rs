@@ -62,7 +62,7 @@ pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
                 backoff = MIN_BACKOFF;
                 install(&shared, Some(pool.clone()));
                 tracing::info!(exchange = %shared.settings.exchange, channels = pool.channels.len(), "broker connected");
-                let stopping = watch(&pool, &shutdown).await;
+                let stopping = watch(&pool, &shared.metrics, &shutdown).await;
                 install(&shared, None);
                 if stopping {
                     close(&pool).await;
@@ -98,6 +98,7 @@ fn log_failure(failures: u32, error: &dyn std::fmt::Display) {
 
 fn install(shared: &Shared, pool: Option<Arc<Pool>>) {
     shared.metrics.broker_connected.set(i64::from(pool.is_some()));
+    shared.metrics.broker_blocked.set(0);
     match shared.pool.write() {
         Ok(mut slot) => *slot = pool,
         Err(poisoned) => *poisoned.into_inner() = pool,
@@ -132,7 +133,7 @@ async fn open_channels(conn: &Connection, n: usize) -> Result<Vec<ConfirmChannel
 }
 
 /// Watches a live connection; returns true when stopping for shutdown, false when the connection failed.
-async fn watch(pool: &Pool, shutdown: &CancellationToken) -> bool {
+async fn watch(pool: &Pool, metrics: &crate::metrics::Metrics, shutdown: &CancellationToken) -> bool {
     let mut events = pool.conn.events_listener();
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
@@ -142,10 +143,12 @@ async fn watch(pool: &Pool, shutdown: &CancellationToken) -> bool {
                 Some(lapin::Event::ConnectionBlocked(reason)) => {
                     tracing::warn!(%reason, "broker blocked the connection");
                     pool.blocked.store(true, Ordering::Release);
+                    metrics.broker_blocked.set(1);
                 }
                 Some(lapin::Event::ConnectionUnblocked) => {
                     tracing::info!("broker unblocked the connection");
                     pool.blocked.store(false, Ordering::Release);
+                    metrics.broker_blocked.set(0);
                 }
                 Some(lapin::Event::Error(error)) => {
                     tracing::warn!(%error, "broker connection error");

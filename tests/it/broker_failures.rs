@@ -210,3 +210,59 @@ async fn unroutable_events_are_never_acknowledged() {
     q.close().await;
     gw.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_broker_gets_events_spooled_then_delivered_once_unblocked() {
+    let proxy = Proxy::start().await;
+    let gw = Gateway::start_with(SOURCES, &proxy.url(), HashMap::new()).await;
+    gw.wait_ready().await;
+    let mut q = gw.queue("generic.#").await;
+    // A resource alarm: RabbitMQ sends connection.blocked and stops reading publishes.
+    proxy.block("low on memory");
+    gw.wait_metric("hookgate_broker_blocked", 1.0).await;
+    for i in 0..3 {
+        let started = Instant::now();
+        let r = gw.post("/webhooks/generic", &JSON, format!(r#"{{"event":"blocked","i":{i}}}"#).as_bytes()).await;
+        assert_eq!((r.status, r.reason.as_str()), (200, "Stored"), "delivery {i}");
+        assert!(started.elapsed() < Duration::from_millis(500), "spooled at once, not after a timeout");
+    }
+    assert_eq!(gw.metric("hookgate_spooled_total{reason=\"blocked\"}").await, 1.0);
+    assert_eq!(gw.metric("hookgate_spool_events").await, 3.0);
+    assert_eq!(gw.admin_get("/readyz").await.0, 200, "the spool can take events");
+    assert!(q.next(Duration::from_millis(500)).await.is_none(), "nothing published while blocked");
+
+    proxy.unblock();
+    gw.wait_metric("hookgate_broker_blocked", 0.0).await;
+    for i in 0..3 {
+        let m = q.next(Duration::from_secs(10)).await.expect("delivered once unblocked");
+        assert_eq!(m.body, format!(r#"{{"event":"blocked","i":{i}}}"#).as_bytes(), "receipt order");
+    }
+    assert!(q.next(Duration::from_millis(500)).await.is_none(), "each exactly once");
+    gw.wait_metric("hookgate_spool_events", 0.0).await;
+    q.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_publish_is_spooled_never_reported_confirmed() {
+    let proxy = Proxy::start().await;
+    let gw = Gateway::start_with(SOURCES, &proxy.url(), HashMap::new()).await;
+    gw.wait_ready().await;
+    let mut q = gw.queue("generic.#").await;
+    proxy.nack_confirms(true);
+    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"nacked"}"#).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    // The answer's publish was nacked (the drainer's retries may add more nacks).
+    assert!(gw.metric("hookgate_amqp_publishes_total{outcome=\"nack\"}").await >= 1.0);
+    assert_eq!(gw.metric("hookgate_spooled_total{reason=\"nack\"}").await, 1.0);
+    proxy.nack_confirms(false);
+    gw.wait_metric("hookgate_spool_events", 0.0).await;
+    // The broker did take the nacked copies (the proxy only rewrote its confirms): at least once, and every copy
+    // carries the same message_id for consumers to deduplicate (docs/delivery-semantics.md).
+    let first = q.next(Duration::from_secs(5)).await.expect("delivered");
+    while let Some(m) = q.next(Duration::from_millis(500)).await {
+        assert_eq!(m.props.message_id(), first.props.message_id());
+    }
+    q.close().await;
+    gw.stop().await;
+}

@@ -21,6 +21,10 @@ pub struct Proxy {
 struct ProxyState {
     stalled: bool,
     conns: Vec<tokio::task::JoinHandle<()>>,
+    /// AMQP frames to slip into every broker → client stream at the next frame boundary.
+    injections: Vec<Vec<u8>>,
+    /// Rewrite the broker's publisher confirms (`basic.ack`) into `basic.nack`.
+    nack: bool,
 }
 
 impl Proxy {
@@ -62,6 +66,32 @@ impl Proxy {
         *self.accept_task.lock().expect("lock") = Some(tokio::spawn(accept_loop(listener, self.state.clone())));
     }
 
+    /// Makes the broker appear to send `connection.blocked` (a resource alarm) on every open connection.
+    pub fn block(&self, reason: &str) {
+        let mut payload = vec![0, 10, 0, 60, u8::try_from(reason.len()).expect("short reason")];
+        payload.extend_from_slice(reason.as_bytes());
+        self.inject(&payload);
+    }
+
+    /// Makes the broker appear to send `connection.unblocked`.
+    pub fn unblock(&self) {
+        self.inject(&[0, 10, 0, 61]);
+    }
+
+    /// While on, every publisher confirm the broker sends reaches the client as a `basic.nack`.
+    pub fn nack_confirms(&self, on: bool) {
+        self.state.lock().expect("lock").nack = on;
+    }
+
+    /// Queues a channel-0 method frame with `payload` for every open connection.
+    fn inject(&self, payload: &[u8]) {
+        let mut frame = vec![1, 0, 0];
+        frame.extend_from_slice(&u32::try_from(payload.len()).expect("small").to_be_bytes());
+        frame.extend_from_slice(payload);
+        frame.push(0xCE);
+        self.state.lock().expect("lock").injections.push(frame);
+    }
+
     /// Keeps connections open but stops forwarding bytes (a broker that never confirms).
     pub fn stall(&self, stalled: bool) {
         self.state.lock().expect("lock").stalled = stalled;
@@ -75,7 +105,7 @@ async fn accept_loop(listener: TcpListener, state: Arc<Mutex<ProxyState>>) {
             let Ok(upstream) = TcpStream::connect("127.0.0.1:5672").await else { return };
             let (cr, cw) = client.into_split();
             let (ur, uw) = upstream.into_split();
-            tokio::join!(pump(cr, uw, st.clone()), pump(ur, cw, st));
+            tokio::join!(pump(cr, uw, st.clone()), pump_frames(ur, cw, st));
         });
         state.lock().expect("lock").conns.push(task);
     }
@@ -97,6 +127,52 @@ async fn pump(
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Broker → client: forwards whole AMQP frames (type, channel, size, payload, 0xCE) so that injected frames land
+/// between them.
+async fn pump_frames(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    st: Arc<Mutex<ProxyState>>,
+) {
+    let mut injected = st.lock().expect("lock").injections.len();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let read = tokio::time::timeout(Duration::from_millis(20), from.read(&mut buf)).await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Ok(Ok(n)) => pending.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        while st.lock().expect("lock").stalled {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while pending.len() >= 7 {
+            let size = u32::from_be_bytes([pending[3], pending[4], pending[5], pending[6]]) as usize;
+            if pending.len() < size + 8 {
+                break;
+            }
+            let mut frame: Vec<u8> = pending.drain(..size + 8).collect();
+            // basic.ack (class 60, method 80) and basic.nack (60, 120) have the same layout.
+            if frame[0] == 1 && frame.len() >= 11 && frame[7..11] == [0, 60, 0, 80] && st.lock().expect("lock").nack {
+                frame[10] = 120;
+            }
+            if to.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+        if pending.is_empty() {
+            let new: Vec<Vec<u8>> = st.lock().expect("lock").injections[injected..].to_vec();
+            injected += new.len();
+            for frame in new {
+                if to.write_all(&frame).await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
