@@ -1,8 +1,8 @@
 //! `hookgate tail`: a development aid that binds a temporary queue to the exchange and prints each event as one
-//! JSON line (routing key, AMQP properties, `cloudEvents_*` headers and body), so an integrator can see what
-//! the queue subscribers receive. It prints to stdout only — never to the gateway's logs.
+//! JSON line (routing key, AMQP properties, `cloudEvents_*` headers, and the body's size and SHA-256), so an
+//! integrator can see what the queue subscribers receive. The body itself carries card and patient data and is
+//! never printed; compare its hash with `sha256sum` of the file that was posted.
 
-use base64::Engine;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -53,10 +53,6 @@ fn describe(routing_key: &str, p: &lapin::BasicProperties, body: &[u8]) -> Value
         .as_ref()
         .map(|h| h.inner().iter().map(|(k, v)| (k.as_str().to_string(), amqp_value(v))).collect())
         .unwrap_or_default();
-    let body = match std::str::from_utf8(body) {
-        Ok(text) => json!(text),
-        Err(_) => json!({ "base64": base64::engine::general_purpose::STANDARD.encode(body) }),
-    };
     json!({
         "routing_key": routing_key,
         "message_id": p.message_id().as_ref().map(|s| s.as_str()),
@@ -64,7 +60,8 @@ fn describe(routing_key: &str, p: &lapin::BasicProperties, body: &[u8]) -> Value
         "delivery_mode": p.delivery_mode(),
         "timestamp": p.timestamp(),
         "headers": headers,
-        "body": body,
+        "body_bytes": body.len(),
+        "body_sha256": crate::normalize::sha256_hex(body),
     })
 }
 

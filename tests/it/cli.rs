@@ -52,3 +52,49 @@ fn usage_errors_exit_64() {
     assert_eq!(hookgate(&["frobnicate", "--config", "x"]).0, 64);
     assert_eq!(hookgate(&["--help"]).0, 0);
 }
+
+/// `hookgate tail` shows what landed in the exchange — routing key, id, headers, the body's size and hash — and
+/// never the body itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_each_event_without_its_body() {
+    use sha2::Digest;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let gw =
+        crate::support::Gateway::start("[sources.card]\npreset = \"prepaid-card\"\nunauthenticated = true\n").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tail.toml");
+    let text = format!(
+        "{}[sources.card]\npreset = \"prepaid-card\"\nunauthenticated = true\n",
+        crate::support::base_config(&gw.exchange, &crate::support::amqp_url(), "")
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["tail", "--config", path.to_str().unwrap(), "--count", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Wait until tail's queue is bound before posting.
+    let mut err = BufReader::new(tail.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(10), err.next_line()).await.unwrap().unwrap();
+    assert!(line.unwrap_or_default().contains("waiting for events"));
+
+    let body = crate::support::fixture("prepaid-card-purchase.json");
+    let r = gw.post("/webhooks/card", &[("content-type", "application/json")], &body).await;
+    assert_eq!(r.status, 200);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(10), tail.wait_with_output()).await.unwrap().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let event: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(event["routing_key"], "card.transaction.purchase");
+    assert_eq!(event["message_id"], "967297ae-e208-4268-a0ea-e1bea1d1b75d");
+    assert_eq!(event["headers"]["cloudEvents_type"], "card.transaction.purchase");
+    assert_eq!(event["body_bytes"], body.len());
+    assert_eq!(event["body_sha256"], hex::encode(sha2::Sha256::digest(&body)));
+    for field in ["TerminalAddress", "BIOPLUS", "ApprovalCode", "377907"] {
+        assert!(!stdout.contains(field), "tail printed payload content ({field}): {stdout}");
+    }
+    gw.stop().await;
+}
