@@ -5,7 +5,6 @@
 //! none), event types from the presets, reasons and outcomes from enums.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -223,11 +222,6 @@ fn admin_answer(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -
     *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
     resp
-}
-
-/// The bound admin address, for logs.
-pub fn describe(addr: SocketAddr) -> String {
-    format!("http://{addr}")
 }
 
 #[cfg(test)]

@@ -117,8 +117,9 @@ impl Gateway {
         let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
         let (format, payload) = parse_body(&request)?;
         let params_query = (params, query_pairs(request.parts().uri.query()));
-        let meta = normalize(source, &request, &payload, &params_query, format);
-        let mut event = build_event(source, &request, meta, format, &params_query)?;
+        let (content_type, body) = published_body(&request, format, &params_query);
+        let meta = normalize(source, &request, &payload, &params_query, &body);
+        let mut event = build_event(source, meta, content_type, body);
         *event_id = Some(event.id.clone());
         let guard = match self.dedup.claim(&source.name, &event.id, source.ack_timeout + CLAIM_GRACE, deadline).await {
             Claim::Duplicate => {
@@ -258,45 +259,28 @@ fn parse_body(request: &Authenticated) -> Result<(Format, Payload), PipelineErro
 
 type ParamsQuery = (Vec<(String, String)>, Vec<(String, String)>);
 
-fn normalize(
-    source: &Source,
-    request: &Authenticated,
-    payload: &Payload,
-    pq: &ParamsQuery,
-    format: Format,
-) -> EventMeta {
+fn normalize(source: &Source, request: &Authenticated, payload: &Payload, pq: &ParamsQuery, body: &[u8]) -> EventMeta {
     let fields = Fields { payload, params: &pq.0, query: &pq.1, headers: &request.parts().headers };
-    if format == Format::Empty {
-        return source.rules.extract(&fields, &bodyless_json(pq));
-    }
-    source.rules.extract(&fields, request.body())
+    source.rules.extract(&fields, body)
 }
 
-/// The published body of a body-less delivery: a JSON object of its path and query parameters.
-fn bodyless_json(pq: &ParamsQuery) -> Vec<u8> {
+/// What is published: the provider's bytes with the request's content type, or, for a body-less delivery, a JSON
+/// object of its path and query parameters.
+fn published_body(request: &Authenticated, format: Format, pq: &ParamsQuery) -> (String, Bytes) {
+    if format != Format::Empty {
+        let ct = request.parts().headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        return (ct.to_string(), request.body().clone());
+    }
     let mut map = serde_json::Map::new();
     for (k, v) in pq.0.iter().chain(pq.1.iter()) {
         map.entry(k.clone()).or_insert_with(|| serde_json::Value::String(v.clone()));
     }
-    serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_else(|_| b"{}".to_vec())
+    let json = serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_else(|_| b"{}".to_vec());
+    ("application/json".to_string(), Bytes::from(json))
 }
 
-fn build_event(
-    source: &Source,
-    request: &Authenticated,
-    meta: EventMeta,
-    format: Format,
-    pq: &ParamsQuery,
-) -> Result<Event, PipelineError> {
-    let (content_type, body) = match format {
-        Format::Empty => ("application/json".to_string(), Bytes::from(bodyless_json(pq))),
-        _ => {
-            let ct =
-                request.parts().headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-            (ct.to_string(), request.body().clone())
-        }
-    };
-    Ok(Event {
+fn build_event(source: &Source, meta: EventMeta, content_type: String, body: Bytes) -> Event {
+    Event {
         source: source.name.clone(),
         id: meta.id,
         kind: meta.kind,
@@ -307,5 +291,5 @@ fn build_event(
         content_type,
         body,
         out_of_order: false,
-    })
+    }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::{Gateway, Proxy};
+use crate::support::{Gateway, Proxy, JSON};
 
 const SOURCES: &str = r#"
 [sources.generic]
@@ -20,7 +20,6 @@ path = "/webhooks/tyro"
 unauthenticated = true
 "#;
 
-const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
 /// generic's ack_timeout is 10 s; every answer must leave before it, with a margin.
 const ANSWER_WITHIN: Duration = Duration::from_secs(9);
 

@@ -9,15 +9,10 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::support::{amqp_url, delete_exchange, proc_config, unique, Client, Proc, Proxy, Queue};
+use crate::support::{amqp_url, delete_exchange, proc_config, unique, Client, Proc, Proxy, Queue, GENERIC, JSON};
 
-const SOURCES: &str = r#"
-[sources.generic]
-preset = "generic"
-unauthenticated = true
-"#;
+const SOURCES: &str = GENERIC;
 
-const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
 const WORKERS: usize = 4;
 /// Responses before the kill.
 const KILL_AFTER: usize = 120;

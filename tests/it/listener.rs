@@ -11,10 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::support::{amqp_url, Gateway, Pki};
+use crate::support::{amqp_url, Gateway, Pki, GENERIC, JSON};
 
-const SOURCES: &str = "[sources.generic]\npreset = \"generic\"\nunauthenticated = true\n";
-const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
+const SOURCES: &str = GENERIC;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_http1_and_http2_by_alpn() {

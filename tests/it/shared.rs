@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::types::AMQPValue;
 use redis::AsyncCommands;
 
-use crate::support::{amqp_url, unique, Gateway, Opts};
+use crate::support::{amqp_url, unique, Gateway, Opts, JSON};
 
 const REDIS: &str = "redis://127.0.0.1:6379";
 
@@ -22,7 +22,6 @@ path = "/webhooks/tyro"
 unauthenticated = true
 "#;
 
-const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
 const WAIT: Duration = Duration::from_secs(5);
 
 /// Two replicas on one exchange and one Redis key prefix (unique to the test), each with its own data dir.

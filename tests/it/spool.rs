@@ -6,15 +6,9 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::support::{amqp_url, base_config, delete_exchange, Gateway, Opts, Proxy};
+use crate::support::{amqp_url, base_config, delete_exchange, Gateway, Opts, Proxy, GENERIC, JSON};
 
-const SOURCES: &str = r#"
-[sources.generic]
-preset = "generic"
-unauthenticated = true
-"#;
-
-const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
+const SOURCES: &str = GENERIC;
 
 async fn down_gateway(storage: &str, env: HashMap<String, String>) -> (Proxy, Gateway) {
     let proxy = Proxy::start().await;

@@ -27,6 +27,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+/// The `Content-Type` header of a JSON delivery.
+pub const JSON: [(&str, &str); 1] = [("content-type", "application/json")];
+
+/// One unauthenticated `generic` source at `/webhooks/generic`.
+pub const GENERIC: &str = "[sources.generic]\npreset = \"generic\"\nunauthenticated = true\n";
+
 pub const AMQP_DEFAULT: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// The broker the tests use: `AMQP_URL`, or the local default.
