@@ -29,7 +29,8 @@
 //!
 //! Cross-cutting: [`config`] (typed, strict, validated), [`source`] (a source built from config, secrets
 //! resolved), [`error`] (classification), [`state`] (the embedded redb database under `storage.data_dir`),
-//! [`metrics`] (every family; the admin listener), [`telemetry`], [`shutdown`]. Tools: [`tail`] (`hookgate tail`,
+//! [`metrics`] (every family; the admin listener), [`telemetry`], [`shutdown`], [`reload`] (`SIGHUP`: re-read the
+//! file, swap TLS and sources whole, or refuse it). Tools: [`tail`] (`hookgate tail`,
 //! prints what lands in the exchange).
 #![forbid(unsafe_code)]
 
@@ -47,6 +48,7 @@ pub mod order;
 pub mod parse;
 pub mod pipeline;
 pub mod publish;
+pub mod reload;
 pub mod respond;
 pub mod router;
 pub mod shutdown;
@@ -59,6 +61,7 @@ pub mod telemetry;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -107,24 +110,27 @@ pub struct App {
     pub admin_addr: SocketAddr,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    reloader: reload::Reloader,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
 }
 
 impl App {
     /// Builds every stage from a validated config (resolving secrets through `env`) and starts serving.
+    /// `path` is the file `config` was loaded from: [`App::reload`] reads it again (with the same `env`).
     ///
     /// # Errors
     /// A configuration problem found while building (a secret, certificate or spool key that cannot be loaded,
     /// as a [`config::ConfigError`]), or storage that cannot be opened (`data_dir`, the spool, Redis).
     pub async fn start(
         config: &Config,
-        env: &dyn Env,
+        path: &Path,
+        env: Arc<dyn Env>,
         listeners: Listeners,
         shutdown: CancellationToken,
     ) -> anyhow::Result<App> {
-        let sources = source::build_all(config, env)?;
+        let sources = source::build_all(config, &*env).map_err(|e| e.in_file(path))?;
         let tls = match &config.server.tls {
-            Some(tls) => Some(tokio_rustls::TlsAcceptor::from(tls::server_config(tls)?)),
+            Some(tls) => Some(tls::Current::new(tls::server_config(tls).map_err(|e| e.in_file(path))?)),
             None => {
                 tracing::warn!(
                     "server.tls is not configured: serving PLAIN HTTP. Development only — never expose this"
@@ -133,11 +139,11 @@ impl App {
             }
         };
         let metrics = Metrics::new();
-        let storage = Storage::open(config, env, &metrics).await?;
+        let storage = Storage::open(config, &*env, &metrics).await?;
         // Stopped only after the listener has drained, so in-flight requests still get their confirms.
         let after_drain = CancellationToken::new();
         let (publisher, publisher_task) =
-            Publisher::start(publish_settings(config, env)?, metrics.clone(), after_drain.clone());
+            Publisher::start(publish_settings(config, &*env)?, metrics.clone(), after_drain.clone());
         // Replay runs first: until the drainer has seen the spool empty, /readyz is 503 and new events queue
         // behind the spooled ones.
         let replayed = Arc::new(AtomicBool::new(storage.spool.is_empty()));
@@ -162,6 +168,7 @@ impl App {
             metrics.clone(),
             config.server.body_read_timeout.0,
         ));
+        let reloader = reload::Reloader::new(path, env, config.clone(), gateway.clone(), tls.clone(), metrics.clone());
         let ready_sink = sink.clone();
         let readiness =
             Arc::new(Readiness { store_ready: Some(Arc::new(move || ready_sink.ready())), ..Readiness::default() });
@@ -210,6 +217,7 @@ impl App {
             admin_addr,
             metrics,
             shutdown,
+            reloader,
             tasks: vec![
                 ("listener", serve_task),
                 ("publisher", publisher_task),
@@ -218,6 +226,19 @@ impl App {
                 ("purge", purge_task),
             ],
         })
+    }
+
+    /// Re-reads the config file and applies what can change live (what `SIGHUP` does; see [`reload`]).
+    ///
+    /// # Errors
+    /// The file was refused (it names the file and the key); the running configuration keeps serving.
+    pub async fn reload(&self) -> Result<reload::Applied, config::ConfigError> {
+        self.reloader.reload().await
+    }
+
+    /// A handle that reloads this gateway (for the `SIGHUP` task, which outlives [`App::wait`]'s borrow).
+    pub fn reloader(&self) -> reload::Reloader {
+        self.reloader.clone()
     }
 
     /// Waits until every task has finished (after `shutdown` is cancelled). A task that panicked is an error.

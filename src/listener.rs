@@ -10,7 +10,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Peer;
@@ -36,7 +35,7 @@ pub struct Limits {
 /// in-flight requests, and wait for them up to `drain_timeout`.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<crate::tls::Current>,
     gateway: Arc<Gateway>,
     limits: Limits,
     metrics: Metrics,
@@ -79,7 +78,8 @@ pub async fn serve(
 }
 
 struct Connection {
-    tls: Option<TlsAcceptor>,
+    /// The TLS config is taken per connection, so a reload's certificate serves the next handshake.
+    tls: Option<crate::tls::Current>,
     gateway: Arc<Gateway>,
     limits: Limits,
     metrics: Metrics,
@@ -104,7 +104,8 @@ impl Connection {
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 let _ = watcher.watch(conn.into_owned()).await;
             }
-            Some(acceptor) => {
+            Some(current) => {
+                let acceptor = current.acceptor();
                 let tls = match tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(error)) => {

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use hookgate::config::{secret::ProcessEnv, Config};
@@ -83,7 +84,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&config),
         Command::Sign { source, body } => sign(&config, &source, &body),
-        Command::Run => run(config),
+        Command::Run => run(config, &path),
         Command::Tail { bind, count } => tail(&config, &bind, count),
         Command::Spool { action } => spool(&config, action),
     }
@@ -184,7 +185,7 @@ fn sign(config: &Config, source: &str, body: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run(config: Config) -> ExitCode {
+fn run(config: Config, path: &std::path::Path) -> ExitCode {
     hookgate::telemetry::init(&config.logging, std::env::var("RUST_LOG").ok());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -194,6 +195,8 @@ fn run(config: Config) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Installed first: from here on SIGHUP reloads instead of killing the process (its default action).
+        let hangups = hookgate::reload::Hangups::install();
         let shutdown = CancellationToken::new();
         let listeners = match hookgate::Listeners::bind(&config).await {
             Ok(l) => l,
@@ -202,7 +205,7 @@ fn run(config: Config) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let app = match hookgate::App::start(&config, &ProcessEnv, listeners, shutdown.clone()).await {
+        let app = match hookgate::App::start(&config, path, Arc::new(ProcessEnv), listeners, shutdown.clone()).await {
             Ok(app) => app,
             // A configuration mistake exits 64; anything else (data_dir unusable, Redis unreachable) exits 1.
             Err(error) if error.downcast_ref::<hookgate::config::ConfigError>().is_some() => {
@@ -215,6 +218,7 @@ fn run(config: Config) -> ExitCode {
             }
         };
         hookgate::shutdown::on_signals(shutdown.clone());
+        hangups.serve(app.reloader(), shutdown.clone());
         // Bound the whole drain: drain_timeout for requests plus a little for AMQP to close.
         let hard_deadline = config.server.drain_timeout.0 + std::time::Duration::from_secs(5);
         let stopped = async {

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub request_body_bytes: HistogramVec,
     pub open_connections: IntGauge,
     pub tls_handshake_failures: IntCounterVec,
+    /// SIGHUP reloads by outcome: `applied` or `refused`.
+    pub config_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -97,6 +99,12 @@ impl Metrics {
         registry.register(Box::new(spool_quarantined.clone())).expect("registered once");
         let tls_handshake_failures =
             counter_vec("hookgate_tls_handshake_failures_total", "TLS handshakes that failed.", &["reason"]);
+        let config_reloads =
+            counter_vec("hookgate_config_reloads_total", "SIGHUP reloads, applied or refused.", &["outcome"]);
+        // Both series exist from the start, so `increase(...{outcome="refused"}[1h]) > 0` sees the first refusal.
+        for outcome in ["applied", "refused"] {
+            config_reloads.with_label_values(&[outcome]);
+        }
         let publish_retries = IntCounter::new("hookgate_publish_retries_total", "Publishes to RabbitMQ tried again.")
             .expect("valid counter");
         registry.register(Box::new(publish_retries.clone())).expect("registered once");
@@ -148,6 +156,7 @@ impl Metrics {
             spool_quarantined,
             request_body_bytes,
             tls_handshake_failures,
+            config_reloads,
         }
     }
 
@@ -250,6 +259,8 @@ mod tests {
             "hookgate_request_duration_seconds_count{source=\"instamed\"} 1",
             "hookgate_spool_events 0",
             "hookgate_broker_connected 0",
+            "hookgate_config_reloads_total{outcome=\"applied\"} 0",
+            "hookgate_config_reloads_total{outcome=\"refused\"} 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -39,7 +40,9 @@ const CLAIM_GRACE: Duration = Duration::from_secs(5);
 
 /// Everything the request path needs.
 pub struct Gateway {
-    pub router: Router,
+    /// The routing table (and with it every source's auth and limits); a reload swaps it whole. Each request
+    /// reads it once, so a request in flight finishes with the source it was routed to.
+    pub router: ArcSwap<Router>,
     pub sink: Arc<dyn Sink>,
     pub dedup: Dedup,
     pub order: Order,
@@ -56,7 +59,15 @@ impl Gateway {
         metrics: Metrics,
         body_read_timeout: Duration,
     ) -> Self {
-        Gateway { router, sink, dedup, order, metrics, body_read_timeout, type_labels: Mutex::default() }
+        Gateway {
+            router: ArcSwap::from_pointee(router),
+            sink,
+            dedup,
+            order,
+            metrics,
+            body_read_timeout,
+            type_labels: Mutex::default(),
+        }
     }
 
     /// Answers one request.
@@ -67,7 +78,8 @@ impl Gateway {
     {
         let started = Instant::now();
         let request_id = next_request_id();
-        let (source, params) = match self.router.route(req.method(), req.uri().path()) {
+        let route = self.router.load().route(req.method(), req.uri().path());
+        let (source, params) = match route {
             Route::Matched { source, params } => (source, params),
             Route::MethodNotAllowed { source } => {
                 let allow = source.methods.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", ");

@@ -3,16 +3,40 @@
 //! Client certificates are *optional* at the handshake, so sources without `client_cert` share the port; the
 //! verifier only authenticates a presented certificate against `client_ca` (and `crls`, when given), and each
 //! source authorizes (`auth/mtls.rs`).
+//!
+//! The served config is a [`Current`]: a reload (`src/reload.rs`) swaps it whole, and each new connection takes
+//! the config current at its accept, so connections already open keep the session they negotiated.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
 use crate::config::{self, ConfigError};
+
+/// The TLS config new connections are accepted with; a reload replaces it.
+#[derive(Clone)]
+pub struct Current(Arc<ArcSwap<ServerConfig>>);
+
+impl Current {
+    pub fn new(config: Arc<ServerConfig>) -> Self {
+        Current(Arc::new(ArcSwap::new(config)))
+    }
+
+    /// An acceptor with the config current now (for one new connection).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        tokio_rustls::TlsAcceptor::from(self.0.load_full())
+    }
+
+    /// Serves `config` to every connection accepted from now on.
+    pub fn store(&self, config: Arc<ServerConfig>) {
+        self.0.store(config);
+    }
+}
 
 /// Builds the server TLS config from `[server.tls]`.
 ///

@@ -9,5 +9,6 @@ mod crash;
 mod dedup;
 mod ingest;
 mod listener;
+mod reload;
 mod shared;
 mod spool;

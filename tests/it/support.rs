@@ -75,7 +75,12 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// The data dir: a fresh temp dir unless the test passed its own (to restart on the same state).
     pub data_dir: std::path::PathBuf,
+    /// The config file the gateway was started from (and reloads).
+    pub config_path: std::path::PathBuf,
+    /// `[server]` and `[storage]` extras, to write the same file with other sources ([`Gateway::rewrite`]).
+    extras: (String, String),
     _data: Option<tempfile::TempDir>,
+    _config_dir: tempfile::TempDir,
     app: Option<hookgate::App>,
 }
 
@@ -108,6 +113,21 @@ pub fn base_config(exchange: &str, amqp: &str, server: &str) -> String {
     format!("[broker]\nurl = \"{amqp}\"\nexchange = \"{exchange}\"\npublish_timeout = \"1s\"\n[server]\n{server}")
 }
 
+/// The whole config file of a test gateway.
+fn config_text(
+    exchange: &str,
+    amqp: &str,
+    data_dir: &std::path::Path,
+    (server, storage): &(String, String),
+    extra: &str,
+) -> String {
+    format!(
+        "{}{extra}\n[storage]\ndata_dir = \"{}\"\n{storage}",
+        base_config(exchange, amqp, server),
+        data_dir.display()
+    )
+}
+
 impl Gateway {
     /// Starts a gateway from `extra` (sources, server.tls, ...) appended to [`base_config`].
     pub async fn start(extra: &str) -> Gateway {
@@ -134,20 +154,21 @@ impl Gateway {
                 (Some(t), d)
             }
         };
-        let text = format!(
-            "{}{extra}\n[storage]\ndata_dir = \"{}\"\n{}",
-            base_config(&exchange, amqp, &opts.server),
-            data_dir.display(),
-            opts.storage
-        );
+        let extras = (opts.server, opts.storage);
+        let text = config_text(&exchange, amqp, &data_dir, &extras, extra);
         let config =
             Config::parse(&text).and_then(Config::validate).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
+        let config_dir = tempfile::tempdir().expect("tempdir");
+        let config_path = config_dir.path().join("hookgate.toml");
+        std::fs::write(&config_path, &text).expect("write config");
         let listeners = hookgate::Listeners {
             public: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
             admin: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
         };
         let shutdown = CancellationToken::new();
-        let app = hookgate::App::start(&config, &env, listeners, shutdown.clone()).await.expect("gateway starts");
+        let app = hookgate::App::start(&config, &config_path, Arc::new(env), listeners, shutdown.clone())
+            .await
+            .expect("gateway starts");
         let gw = Gateway {
             addr: app.public_addr,
             admin: app.admin_addr,
@@ -155,13 +176,28 @@ impl Gateway {
             tls: None,
             shutdown,
             data_dir,
+            config_path,
+            extras,
             _data: data,
+            _config_dir: config_dir,
             app: Some(app),
         };
         if amqp == amqp_url() && !opts.no_wait {
             gw.wait_ready().await;
         }
         gw
+    }
+
+    /// Rewrites the config file with `extra` in place of the sources (and `server.tls`) it was started with,
+    /// keeping the broker, `[server]` and `[storage]` settings. `amqp` is the broker URL.
+    pub fn rewrite(&self, amqp: &str, extra: &str) {
+        let text = config_text(&self.exchange, amqp, &self.data_dir, &self.extras, extra);
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// What `SIGHUP` does, without a signal: re-read the config file.
+    pub async fn reload(&self) -> Result<hookgate::reload::Applied, hookgate::config::ConfigError> {
+        self.app.as_ref().expect("running").reload().await
     }
 
     /// A client-only handle to a plain-HTTP gateway at `addr` (for requests from spawned tasks).
@@ -486,6 +522,25 @@ impl Pki {
         std::fs::write(dir.path().join("server.key"), skey.serialize_pem()).expect("write");
         std::fs::write(dir.path().join("ca.crt"), ca.pem()).expect("write");
         Pki { dir, ca_pem: ca.pem(), issuer }
+    }
+
+    /// Writes a new server certificate and key (same names, same CA) over the old ones; returns its DER.
+    pub fn reissue_server(&self) -> Vec<u8> {
+        let mut server = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("server params");
+        server.distinguished_name.push(rcgen::DnType::CommonName, "localhost (reissued)");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = server.signed_by(&key, &self.issuer).expect("server cert");
+        std::fs::write(self.dir.path().join("server.crt"), cert.pem()).expect("write");
+        std::fs::write(self.dir.path().join("server.key"), key.serialize_pem()).expect("write");
+        cert.der().to_vec()
+    }
+
+    /// The DER of the server certificate in the files now.
+    pub fn server_der(&self) -> Vec<u8> {
+        use rustls_pki_types::pem::PemObject;
+        let pem = std::fs::read(self.dir.path().join("server.crt")).expect("read");
+        rustls_pki_types::CertificateDer::from_pem_slice(&pem).expect("cert").to_vec()
     }
 
     /// `[server.tls]` for this PKI; with `client_ca`, client certificates from this CA are verified.

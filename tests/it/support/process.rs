@@ -67,6 +67,26 @@ impl Proc {
         metric_value(&text, series)
     }
 
+    /// Waits (up to 15 s) until a metric series has `value`.
+    pub async fn wait_metric(&self, series: &str, value: f64) {
+        for _ in 0..300 {
+            if self.metric(series).await == value {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{series} did not reach {value} within 15 s (now {})\n{}", self.metric(series).await, self.output());
+    }
+
+    /// Sends a real signal (`HUP`, `TERM`, ...) to the process.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args(["-s", name, &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+
     /// What the process logged.
     pub fn output(&self) -> String {
         let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
