@@ -78,6 +78,24 @@ async fn a_new_certificate_serves_new_handshakes_while_open_connections_keep_wor
     assert_eq!(keys, ["generic.before.reload", "generic.new.connection", "generic.old.connection"]);
     assert_eq!(gw.metric(APPLIED).await, 1.0);
     assert_eq!(gw.metric(REFUSED).await, 0.0);
+
+    // A key that does not match the certificate refuses the whole file: the source it adds is not served either.
+    let key = rcgen::KeyPair::generate().expect("key").serialize_pem();
+    std::fs::write(pki.dir.path().join("server.key"), key).expect("write");
+    gw.rewrite(&amqp_url(), &format!("{extra}{}", generic("added")));
+    let refused = gw.reload().await.expect_err("a mismatched key is refused");
+    assert_eq!(refused.key, "server.tls.key");
+    assert_eq!(refused.file.as_deref(), Some(gw.config_path.as_path()));
+    assert_eq!(gw.metric(REFUSED).await, 1.0);
+    let (still, mut conn) = connect(&gw, pki.client_config(None, &[b"http/1.1"])).await;
+    assert_eq!(still, reissued, "the running certificate keeps serving");
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/webhooks/added")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .expect("request");
+    assert_eq!(conn.send_request(req).await.expect("answer").status(), 404, "nothing of a refused file is used");
     q.close().await;
     gw.stop().await;
 }
@@ -120,7 +138,8 @@ async fn sources_added_changed_and_removed_take_effect_at_once_without_dropping_
     let amqp = amqp_url();
     let sources = format!("{}{}", generic("old"), generic("kept"));
     let server = "body_read_timeout = \"6s\"\n";
-    let gw = Gateway::start_full(server, &sources, &amqp, Default::default()).await;
+    let env = [("KEPT_TOKEN".to_string(), "t1".to_string())].into_iter().collect();
+    let gw = Gateway::start_full(server, &sources, &amqp, env).await;
     let mut q = gw.queue("#").await;
     assert_eq!(gw.post("/webhooks/new", &JSON, br#"{"event":"x"}"#).await.status, 404);
 
@@ -128,7 +147,8 @@ async fn sources_added_changed_and_removed_take_effect_at_once_without_dropping_
     let body = br#"{"event":"in.flight","pad":"................................"}"#;
     let mut in_flight = start_request(&gw, "/webhooks/old", body).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let kept = "[sources.kept]\npreset = \"generic\"\n[sources.kept.auth.headers]\nx-token = { value = \"t1\" }\n";
+    let kept =
+        "[sources.kept]\npreset = \"generic\"\n[sources.kept.auth.headers]\nx-token = { value_env = \"KEPT_TOKEN\" }\n";
     gw.rewrite(&amqp, &format!("{}{kept}", generic("new")));
     let mut applied = gw.reload().await.expect("reload applied");
     applied.sources.sort();
@@ -212,4 +232,62 @@ async fn sighup_rotates_a_secret_file_refuses_a_broken_file_and_names_restart_on
     drop(p);
     q.close().await;
     delete_exchange(&exchange).await;
+}
+
+/// An ES256 signing key and its JWK.
+fn ec_key(kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("key");
+    let p = pair.public_key().as_ref();
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+        "x": B64URL.encode(&p[1..33]), "y": B64URL.encode(&p[33..65])});
+    (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+}
+
+fn token(kid: &str, key: &jsonwebtoken::EncodingKey) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let claims = serde_json::json!({"iss": "https://idp.example", "aud": "hookgate", "iat": now, "exp": now + 300});
+    let header = jsonwebtoken::Header {
+        alg: jsonwebtoken::Algorithm::ES256,
+        kid: Some(kid.to_string()),
+        ..jsonwebtoken::Header::default()
+    };
+    format!("Bearer {}", jsonwebtoken::encode(&header, &claims, key).expect("encode"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_jwks_file_takes_effect_at_a_reload() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jwks = dir.path().join("jwks.json");
+    let ((old_key, old_jwk), (new_key, new_jwk)) = (ec_key("old"), ec_key("new"));
+    std::fs::write(&jwks, serde_json::json!({ "keys": [old_jwk] }).to_string()).expect("jwks");
+    let source = format!(
+        "[sources.oauth]\npreset = \"generic\"\n[sources.oauth.auth]\n\
+         bearer = {{ jwks_file = \"{}\", issuer = \"https://idp.example\", audience = \"hookgate\" }}\n",
+        jwks.display()
+    );
+    let gw = Gateway::start(&source).await;
+    let mut q = gw.queue("#").await;
+    let post = |auth: String, event: &'static str| {
+        let gw = &gw;
+        async move {
+            let body = format!(r#"{{"event":"{event}"}}"#);
+            gw.post("/webhooks/oauth", &[JSON[0], ("authorization", &auth)], body.as_bytes()).await.status
+        }
+    };
+    assert_eq!(post(token("old", &old_key), "old.key").await, 200);
+    assert_eq!(post(token("new", &new_key), "refused").await, 401);
+
+    std::fs::write(&jwks, serde_json::json!({ "keys": [new_jwk] }).to_string()).expect("jwks");
+    gw.reload().await.expect("reload applied");
+    assert_eq!(post(token("old", &old_key), "refused").await, 401, "the key removed from the file is refused");
+    assert_eq!(post(token("new", &new_key), "new.key").await, 200);
+    assert_eq!(q.next(Duration::from_secs(5)).await.expect("first").routing_key, "oauth.old.key");
+    assert_eq!(q.exactly_one(Duration::from_secs(5)).await.routing_key, "oauth.new.key");
+    q.close().await;
+    gw.stop().await;
 }
