@@ -89,7 +89,7 @@ impl Dedup {
             }
         }
         let mut guard = ClaimGuard { dedup: self.clone(), key: Some(key), token: None };
-        match self.inner.state.done_until(guard.key()) {
+        match self.inner.state.lookup_done(guard.key()).await {
             Ok(Some(until)) if until > now_ms() => return Claim::Duplicate,
             Ok(_) => {}
             Err(error) => {

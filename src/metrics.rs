@@ -93,9 +93,11 @@ impl Metrics {
             "Events written to the spool, by why the broker did not take them (timeout, not_connected, ...).",
             &["reason"],
         );
-        let spool_quarantined =
-            IntCounter::new("hookgate_spool_quarantined_total", "Corrupt spool ranges copied aside at start.")
-                .expect("valid counter");
+        let spool_quarantined = IntCounter::new(
+            "hookgate_spool_quarantined_total",
+            "Unreadable spool records copied to spool/quarantine/, at start or while draining.",
+        )
+        .expect("valid counter");
         registry.register(Box::new(spool_quarantined.clone())).expect("registered once");
         let tls_handshake_failures =
             counter_vec("hookgate_tls_handshake_failures_total", "TLS handshakes that failed.", &["reason"]);

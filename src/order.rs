@@ -29,6 +29,10 @@ pub struct Order {
 }
 
 impl Order {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, u8)>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn new(state: State, shared: Option<Shared>) -> Self {
         Order { state, shared, cache: Mutex::default() }
     }
@@ -48,15 +52,18 @@ impl Order {
                 Err(error) => tracing::warn!(%error, "shared order state unavailable; using the local one"),
             }
         }
-        self.observe_local(key, time.unwrap_or(i64::MIN), rank, window)
+        self.observe_local(key, time.unwrap_or(i64::MIN), rank, window).await
     }
 
-    fn observe_local(&self, key: String, time: i64, rank: u8, window: Duration) -> bool {
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        let current = match cache.get(&key) {
-            Some(c) => Some(*c),
-            None => self.state.order_of(&key).ok().flatten().map(|(t, r, _)| (t, r)),
+    async fn observe_local(&self, key: String, time: i64, rank: u8, window: Duration) -> bool {
+        let cached = self.cache().get(&key).copied();
+        let stored = match cached {
+            Some(c) => Some(c),
+            None => self.state.lookup_order(&key).await.ok().flatten().map(|(t, r, _)| (t, r)),
         };
+        let mut cache = self.cache();
+        // An event for the same subject may have raised it during the read: the cached value is never older.
+        let current = cache.get(&key).copied().or(stored);
         let (late, max) = compare(current, time, rank);
         if cache.len() >= CACHE {
             cache.clear();

@@ -4,8 +4,10 @@
 //! # Invariants
 //!
 //! - An append returns `Ok` only after its record is written *and fsynced* (file, and the directory entry of a new
-//!   segment). Concurrent appends share one fsync (group commit): the first waiter syncs everything written so
-//!   far, the others find their record already durable.
+//!   segment). Appends are written by one writer thread ([`writer`]); every append waiting when it starts a batch
+//!   shares one fsync (group commit).
+//! - No tokio worker does disk I/O or waits for a lock held across it: the drainer's reads, cursor writes and
+//!   deletions run in `spawn_blocking`, and the request path's checks read atomics.
 //! - Records get consecutive sequence numbers (`seq`) in append order; the drainer publishes in `seq` order and
 //!   moves the durable cursor past a record only after the broker confirmed it. A crash can therefore republish
 //!   records confirmed since the last cursor write (at most [`CURSOR_EVERY`]), never lose one.
@@ -13,6 +15,7 @@
 //! - The spool never holds more than `storage.spool_max_bytes` of undrained records; past that an append fails
 //!   with [`SpoolError::Full`] (the caller answers 503, the provider retries).
 //! - After a write error the partial record is cut; if that fails too, the spool refuses appends until restart.
+//! - A record that can never be read back is copied to `quarantine/` and passed, at start and while draining.
 //!
 //! # On disk (`<data_dir>/spool/`)
 //!
@@ -25,17 +28,17 @@ pub mod crypto;
 pub mod drain;
 pub mod format;
 pub mod segment;
+mod writer;
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::{DateTime, Utc};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use crypto::Cipher;
 pub use drain::{Drainer, PARKED_RETRY};
@@ -59,6 +62,9 @@ pub enum SpoolError {
     Poisoned,
     #[error("event cannot be encrypted")]
     Crypto,
+    /// The record can never be read back (checksum, decryption or decoding fails, or its bytes are gone).
+    #[error("spool record {0} is unreadable")]
+    Corrupt(u64),
 }
 
 /// Where one undrained record lies.
@@ -79,10 +85,12 @@ pub struct Stats {
     pub oldest: Option<DateTime<Utc>>,
 }
 
-/// The spool. Cheap to clone.
+/// The spool. Cheap to clone. Appends go to one writer thread (see [`writer`]); the request path's checks
+/// ([`Spool::is_empty`], [`Spool::can_take`], ...) read atomics and never take a lock.
 #[derive(Clone)]
 pub struct Spool {
     inner: Arc<Inner>,
+    appends: mpsc::Sender<writer::Job>,
 }
 
 struct Inner {
@@ -90,9 +98,14 @@ struct Inner {
     cipher: Option<Cipher>,
     max_bytes: u64,
     segment_bytes: u64,
+    /// Taken by the writer thread and by the drainer's blocking work, never by the request path.
     state: Mutex<State>,
-    /// Held by the one task running an fsync; the others queue behind it (group commit).
-    sync_lock: tokio::sync::Mutex<()>,
+    /// Held across a cursor write and the deletions after it (the fsyncs and the rename), never with `state`.
+    cursor: Mutex<()>,
+    /// Lock-free copies of `state` for the request path: undrained records and their bytes.
+    records: AtomicUsize,
+    bytes: AtomicU64,
+    poisoned: AtomicBool,
     /// Every record with a smaller seq is durable.
     synced: AtomicU64,
     /// Wakes the drainer when records arrive.
@@ -106,7 +119,6 @@ struct State {
     /// The segment appends go to (none until the first append after open or after the spool ran empty).
     active: Option<Active>,
     drained_since_cursor: u64,
-    poisoned: bool,
 }
 
 struct Active {
@@ -116,7 +128,7 @@ struct Active {
 }
 
 impl Spool {
-    /// Opens (creating) the spool in `dir`, recovering from any crash point.
+    /// Opens (creating) the spool in `dir`, recovering from any crash point, and starts its writer thread.
     ///
     /// # Errors
     /// The directory cannot be created or read, or a record cannot be decrypted with `cipher`.
@@ -138,152 +150,99 @@ impl Spool {
             queue.extend(locs);
         }
         let bytes = queue.iter().map(|l| l.len).sum();
-        let state = State { queue, bytes, next_seq, active: None, drained_since_cursor: 0, poisoned: false };
-        let inner = Inner {
+        let records = queue.len();
+        let state = State { queue, bytes, next_seq, active: None, drained_since_cursor: 0 };
+        let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
             cipher,
             max_bytes,
             segment_bytes: SEGMENT_BYTES.min(max_bytes.max(4096)),
             state: Mutex::new(state),
-            sync_lock: tokio::sync::Mutex::new(()),
+            cursor: Mutex::new(()),
+            records: AtomicUsize::new(records),
+            bytes: AtomicU64::new(bytes),
+            poisoned: AtomicBool::new(false),
             synced: AtomicU64::new(next_seq),
             arrived: Notify::new(),
-        };
-        Ok((Spool { inner: Arc::new(inner) }, report))
+        });
+        let appends = writer::start(inner.clone())?;
+        Ok((Spool { inner, appends }, report))
     }
 
     pub fn encrypted(&self) -> bool {
         self.inner.cipher.is_some()
     }
 
+    #[cfg(test)]
     fn state(&self) -> MutexGuard<'_, State> {
-        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.state()
     }
 
     /// Undrained records.
     pub fn len(&self) -> usize {
-        self.state().queue.len()
+        self.inner.records.load(Ordering::Acquire)
     }
 
     /// Bytes of undrained records (what `storage.spool_max_bytes` caps).
     pub fn bytes(&self) -> u64 {
-        self.state().bytes
+        self.inner.bytes.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.state().queue.is_empty()
+        self.len() == 0
     }
 
     /// Whether an append could succeed now (for `/readyz`).
     pub fn can_take(&self) -> bool {
-        let st = self.state();
-        !st.poisoned && st.bytes < self.inner.max_bytes
+        !self.inner.poisoned.load(Ordering::Acquire) && self.bytes() < self.inner.max_bytes
     }
 
-    /// Appends `event` and returns once it is durable.
+    /// Appends `event` and returns once it is durable. The record is written and fsynced by the writer thread,
+    /// together with every other append waiting at that moment (group commit).
     ///
     /// # Errors
     /// [`SpoolError::Full`], a disk error, or a spool poisoned by an earlier unrepaired error.
     pub async fn append(&self, event: &Event) -> Result<u64, SpoolError> {
-        let plain = format::encode(event);
-        let this = self.clone();
-        let (seq, file) = tokio::task::spawn_blocking(move || this.write(&plain))
-            .await
-            .map_err(|_| SpoolError::Io(std::io::Error::other("spool writer task failed")))??;
-        self.sync_to(seq + 1, file).await?;
+        let stopped = || SpoolError::Io(std::io::Error::other("spool writer stopped"));
+        let (done, answer) = oneshot::channel();
+        self.appends.send(writer::Job { plain: format::encode(event), done }).await.map_err(|_| stopped())?;
+        let seq = answer.await.map_err(|_| stopped())??;
         self.inner.arrived.notify_one();
         Ok(seq)
     }
 
-    /// Frames and writes one record at the end of the active segment (not yet fsynced).
-    fn write(&self, plain: &[u8]) -> Result<(u64, Arc<File>), SpoolError> {
-        let mut st = self.state();
-        if st.poisoned {
-            return Err(SpoolError::Poisoned);
-        }
-        let seq = st.next_seq;
-        let payload = match &self.inner.cipher {
-            Some(c) => c.seal(seq, plain).ok_or(SpoolError::Crypto)?,
-            None => plain.to_vec(),
-        };
-        let record = format::frame(seq, &payload);
-        let len = record.len() as u64;
-        if st.bytes + len > self.inner.max_bytes {
-            return Err(SpoolError::Full);
-        }
-        let encrypted = self.inner.cipher.is_some();
-        if st.active.as_ref().is_none_or(|a| a.len + len > self.inner.segment_bytes && a.len > format::HEADER_LEN) {
-            if let Some(old) = &st.active {
-                old.file.sync_data()?;
-            }
-            let file = segment::create(&self.inner.dir, seq, encrypted)?;
-            st.active = Some(Active { id: seq, file: Arc::new(file), len: format::HEADER_LEN });
-        }
-        let Some(active) = st.active.as_mut() else { return Err(SpoolError::Poisoned) };
-        let (id, offset, file) = (active.id, active.len, active.file.clone());
-        if let Err(e) = (&*file).write_all(&record) {
-            // Cut the partial record so the next append does not follow garbage; if even that fails, stop.
-            if file.set_len(offset).is_err() {
-                st.poisoned = true;
-            }
-            return Err(SpoolError::Io(e));
-        }
-        active.len += len;
-        st.queue.push_back(Loc { seq, segment: id, offset, len, encrypted });
-        st.bytes += len;
-        st.next_seq = seq + 1;
-        Ok((seq, file))
-    }
-
-    /// Group commit: returns once every record below `target` is durable.
-    async fn sync_to(&self, target: u64, file: Arc<File>) -> Result<(), SpoolError> {
-        let _one_syncer = self.inner.sync_lock.lock().await;
-        if self.inner.synced.load(Ordering::Acquire) >= target {
-            return Ok(());
-        }
-        // Everything written so far is in `file` or in an older segment fsynced when it was rotated.
-        let (upto, file) = {
-            let st = self.state();
-            (st.next_seq, st.active.as_ref().map_or(file, |a| a.file.clone()))
-        };
-        let synced = tokio::task::spawn_blocking(move || file.sync_data()).await;
-        match synced {
-            Ok(Ok(())) => {
-                self.inner.synced.fetch_max(upto, Ordering::AcqRel);
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                // After a failed fsync the page cache state is unknown: refuse further appends.
-                self.state().poisoned = true;
-                Err(SpoolError::Io(e))
-            }
-            Err(_) => Err(SpoolError::Io(std::io::Error::other("fsync task failed"))),
-        }
-    }
-
-    /// Makes every written record durable. An append whose caller went away (a cancelled request) between its
-    /// write and its fsync leaves a record the drainer cannot take yet; the drainer calls this to take it.
+    /// Makes every written record durable (off the runtime). A record written but not fsynced — the writer's
+    /// fsync failed, or is about to run — is not handed to the drainer until then.
     ///
     /// # Errors
     /// The fsync failed.
     pub async fn flush(&self) -> Result<(), SpoolError> {
-        let (target, file) = {
-            let st = self.state();
-            (st.next_seq, st.active.as_ref().map(|a| a.file.clone()))
-        };
-        match file {
-            Some(file) if self.inner.synced.load(Ordering::Acquire) < target => self.sync_to(target, file).await,
-            _ => Ok(()),
-        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.sync_written())
+            .await
+            .map_err(|_| SpoolError::Io(std::io::Error::other("fsync task failed")))?
+            .map_err(SpoolError::Io)
     }
 
-    /// The oldest durable undrained record and its event.
+    /// [`Spool::front`] off the runtime (a file read).
     ///
     /// # Errors
-    /// The record cannot be read back (disk error, or it no longer decrypts).
+    /// As [`Spool::front`].
+    pub async fn peek(&self) -> Result<Option<(u64, Event)>, SpoolError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.front())
+            .await
+            .map_err(|_| SpoolError::Io(std::io::Error::other("spool read task failed")))?
+    }
+
+    /// The oldest durable undrained record and its event. Blocking: reads a file.
+    ///
+    /// # Errors
+    /// [`SpoolError::Corrupt`] when the record can never be read back (see [`Spool::quarantine_front`]), an I/O
+    /// error when it cannot be read now.
     pub fn front(&self) -> Result<Option<(u64, Event)>, SpoolError> {
         let loc = {
-            let st = self.state();
+            let st = self.inner.state();
             match st.queue.front() {
                 Some(l) if l.seq < self.inner.synced.load(Ordering::Acquire) => *l,
                 _ => return Ok(None),
@@ -293,45 +252,92 @@ impl Spool {
     }
 
     fn read(&self, loc: Loc) -> Result<Event, SpoolError> {
-        let file = File::open(segment::path(&self.inner.dir, loc.segment))?;
+        let corrupt = SpoolError::Corrupt(loc.seq);
         let mut buf = vec![0u8; usize::try_from(loc.len).unwrap_or(0)];
-        file.read_exact_at(&mut buf, loc.offset)?;
-        let bad = || SpoolError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, "spool record unreadable"));
-        let (_, payload, _) = format::unframe(&buf).ok_or_else(bad)?;
+        let read =
+            File::open(segment::path(&self.inner.dir, loc.segment)).and_then(|f| f.read_exact_at(&mut buf, loc.offset));
+        match read {
+            Ok(()) => {}
+            // The segment lost the record's bytes (cut or removed): they cannot come back.
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::NotFound) => {
+                return Err(corrupt)
+            }
+            Err(e) => return Err(SpoolError::Io(e)),
+        }
+        let Some((seq, payload, _)) = format::unframe(&buf).filter(|(seq, _, _)| *seq == loc.seq) else {
+            return Err(corrupt);
+        };
         let plain = match (&self.inner.cipher, loc.encrypted) {
-            (Some(c), true) => c.open(loc.seq, payload).ok_or_else(bad)?,
-            (None, true) => return Err(bad()),
+            (Some(c), true) => c.open(seq, payload).ok_or(corrupt)?,
+            (None, true) => return Err(corrupt),
             (_, false) => payload.to_vec(),
         };
-        format::decode(&plain).map_err(|_| bad())
+        format::decode(&plain).map_err(|_| SpoolError::Corrupt(seq))
+    }
+
+    /// Copies the front record `seq`, which [`Spool::front`] found unreadable, to `quarantine/` (as recovery does
+    /// at start), moves past it and persists the cursor at once, so a restart does not meet it again. Blocking.
+    /// Returns the quarantine file, or `None` when `seq` is no longer the front.
+    ///
+    /// # Errors
+    /// The quarantine copy or the cursor cannot be written.
+    pub fn quarantine_front(&self, seq: u64) -> Result<Option<PathBuf>, SpoolError> {
+        let loc = match self.inner.state().queue.front() {
+            Some(l) if l.seq == seq => *l,
+            _ => return Ok(None),
+        };
+        let mut bytes = vec![0u8; usize::try_from(loc.len).unwrap_or(0)];
+        let kept = File::open(segment::path(&self.inner.dir, loc.segment))
+            .and_then(|f| f.read_at(&mut bytes, loc.offset))
+            .unwrap_or(0);
+        bytes.truncate(kept);
+        let offset = usize::try_from(loc.offset).unwrap_or(usize::MAX);
+        let file = segment::quarantine(&self.inner.dir, loc.segment, offset, &bytes)?;
+        self.pass(seq, true)?;
+        Ok(Some(file))
     }
 
     /// Moves past record `seq` once the broker confirmed it. Persists the cursor every [`CURSOR_EVERY`] records
-    /// and when the spool runs empty, then deletes segments left wholly behind it.
+    /// and when the spool runs empty, then deletes segments left wholly behind it. Blocking (fsyncs, a rename).
     ///
     /// # Errors
     /// The cursor cannot be written (the record stays drained in memory; a restart may republish it).
     pub fn advance(&self, seq: u64) -> Result<(), SpoolError> {
-        let mut st = self.state();
-        if st.queue.front().map(|l| l.seq) != Some(seq) {
-            return Ok(());
-        }
-        if let Some(loc) = st.queue.pop_front() {
-            st.bytes -= loc.len;
-        }
-        st.drained_since_cursor += 1;
-        if !st.queue.is_empty() && st.drained_since_cursor < CURSOR_EVERY {
-            return Ok(());
-        }
-        let next = st.queue.front().map_or(st.next_seq, |l| l.seq);
-        segment::write_cursor(&self.inner.dir, next)?;
-        st.drained_since_cursor = 0;
-        let keep_from = st.queue.front().map(|l| l.segment);
-        if keep_from.is_none() {
-            st.active = None;
+        self.pass(seq, false)
+    }
+
+    fn pass(&self, seq: u64, persist: bool) -> Result<(), SpoolError> {
+        let _cursor = self.inner.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        // Decided under the state lock; the disk work after it runs without it.
+        let (next, below) = {
+            let mut st = self.inner.state();
+            if st.queue.front().map(|l| l.seq) != Some(seq) {
+                return Ok(());
+            }
+            if let Some(loc) = st.queue.pop_front() {
+                st.bytes -= loc.len;
+            }
+            st.drained_since_cursor += 1;
+            self.inner.mirror(&st);
+            if !persist && !st.queue.is_empty() && st.drained_since_cursor < CURSOR_EVERY {
+                return Ok(());
+            }
+            st.drained_since_cursor = 0;
+            let next = st.queue.front().map_or(st.next_seq, |l| l.seq);
+            // Segments below the front record's are drained. New segments are named by a seq ≥ next_seq, so a
+            // concurrent append never creates one below the bound.
+            let below = st.queue.front().map_or(st.next_seq, |l| l.segment);
+            if st.active.as_ref().is_some_and(|a| a.id < below) {
+                st.active = None;
+            }
+            (next, below)
+        };
+        if let Err(e) = segment::write_cursor(&self.inner.dir, next) {
+            self.inner.state().drained_since_cursor = CURSOR_EVERY;
+            return Err(e.into());
         }
         for id in segment::list(&self.inner.dir)? {
-            if keep_from.is_none_or(|k| id < k) && st.active.as_ref().is_none_or(|a| a.id != id) {
+            if id < below {
                 std::fs::remove_file(segment::path(&self.inner.dir, id))?;
             }
         }
@@ -341,7 +347,7 @@ impl Spool {
     /// Records, bytes and the receipt time of the oldest record.
     pub fn stats(&self) -> Stats {
         let (records, bytes, first) = {
-            let st = self.state();
+            let st = self.inner.state();
             (st.queue.len(), st.bytes, st.queue.front().copied())
         };
         let oldest = first.and_then(|l| self.read(l).ok()).map(|e| e.received_at);
@@ -356,6 +362,20 @@ impl Spool {
     /// Where unroutable spooled events wait for a route (see [`Drainer`]).
     pub fn parked_dir_of(data_dir: &Path) -> PathBuf {
         data_dir.join("spool").join("parked")
+    }
+}
+
+// === impl Inner ===
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publishes the queue's size to the request path's atomics (called with the lock held, after a change).
+    fn mirror(&self, st: &State) {
+        self.records.store(st.queue.len(), Ordering::Release);
+        self.bytes.store(st.bytes, Ordering::Release);
     }
 }
 

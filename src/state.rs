@@ -8,6 +8,9 @@
 //! - Tables: `dedup` (key → expiry, ms since the epoch), `order` (key → (max time ms, max rank, expiry ms)) and
 //!   `expiry` ((expiry ms, table tag + key) → ()), the index the purge walks instead of scanning the tables.
 //! - Keys are `<source>\u{1f}<id or subject>`; the unit separator cannot appear in a source name.
+//! - No tokio worker touches the file: writes go to the writer thread over a bounded channel, and the request
+//!   path reads through [`State::lookup_done`] / [`State::lookup_order`] (`spawn_blocking`). redb takes no lock
+//!   a reader needs while a commit fsyncs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -89,7 +92,25 @@ impl State {
         let _ = self.tx.try_send(Job { ops, done: None });
     }
 
-    /// The expiry of a stored event id.
+    /// [`State::done_until`] off the runtime: a read that misses redb's cache goes to the disk.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn lookup_done(&self, key: &str) -> Result<Option<u64>, StateError> {
+        let (this, key) = (self.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || this.done_until(&key)).await.map_err(err)?
+    }
+
+    /// [`State::order_of`] off the runtime.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub async fn lookup_order(&self, key: &str) -> Result<Option<(i64, u8, u64)>, StateError> {
+        let (this, key) = (self.clone(), key.to_string());
+        tokio::task::spawn_blocking(move || this.order_of(&key)).await.map_err(err)?
+    }
+
+    /// The expiry of a stored event id. Blocking.
     ///
     /// # Errors
     /// The read failed.
@@ -99,7 +120,7 @@ impl State {
         Ok(table.get(key).map_err(err)?.map(|v| v.value()))
     }
 
-    /// The stored (max time ms, max rank, expiry ms) of a subject.
+    /// The stored (max time ms, max rank, expiry ms) of a subject. Blocking.
     ///
     /// # Errors
     /// The read failed.

@@ -6,6 +6,12 @@
 //! alternate exchange) is never dropped, and must not block the events behind it either: it is moved to the
 //! *parked* spool (`spool/parked/`, same format, fsynced before the main spool moves past it), counted in
 //! `hookgate_spool_parked_events`, and retried every [`PARKED_RETRY`] until a route exists.
+//!
+//! A record that can never be read back (its checksum, decryption or decoding fails; its bytes were cut) must not
+//! block the events behind it either: it is copied to `spool/quarantine/` as recovery does at start, counted in
+//! `hookgate_spool_quarantined_total`, and passed (the cursor is persisted at once).
+//!
+//! Every disk step (read, cursor write, deletions) runs off the runtime (`spawn_blocking`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,7 +20,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::Spool;
+use super::{Spool, SpoolError};
 use crate::metrics::Metrics;
 use crate::publish::{PublishError, Publisher};
 
@@ -94,7 +100,7 @@ impl Drainer {
         if !self.publisher.is_connected() {
             return Step::Idle;
         }
-        let (seq, event) = match self.spool.front() {
+        let (seq, event) = match self.spool.peek().await {
             Ok(Some(front)) => front,
             Ok(None) if !self.spool.is_empty() => {
                 return match self.spool.flush().await {
@@ -103,6 +109,7 @@ impl Drainer {
                 };
             }
             Ok(None) => return Step::Idle,
+            Err(SpoolError::Corrupt(seq)) => return self.quarantine(&self.spool, seq).await,
             Err(e) => return Step::Failed(e.to_string()),
         };
         self.metrics.publish_retries.inc();
@@ -124,7 +131,13 @@ impl Drainer {
     /// Publishes parked events until one is still unroutable (or the broker fails).
     async fn retry_parked(&self) {
         while self.publisher.is_connected() {
-            let Ok(Some((seq, event))) = self.parked.front() else { return };
+            let (seq, event) = match self.parked.peek().await {
+                Ok(Some(front)) => front,
+                Err(SpoolError::Corrupt(seq)) if matches!(self.quarantine(&self.parked, seq).await, Step::Drained) => {
+                    continue
+                }
+                _ => return,
+            };
             self.metrics.publish_retries.inc();
             let deadline = Instant::now() + self.publisher.publish_timeout();
             if self.publisher.publish(&event, deadline).await.is_err() {
@@ -133,6 +146,23 @@ impl Drainer {
             if !matches!(advance(&self.parked, seq).await, Step::Drained) {
                 return;
             }
+        }
+    }
+}
+
+impl Drainer {
+    /// Copies the unreadable front record `seq` of `spool` aside and moves past it.
+    async fn quarantine(&self, spool: &Spool, seq: u64) -> Step {
+        let s = spool.clone();
+        match tokio::task::spawn_blocking(move || s.quarantine_front(seq)).await {
+            Ok(Ok(Some(file))) => {
+                self.metrics.spool_quarantined.inc();
+                tracing::error!(seq, file = %file.display(), "unreadable spool record quarantined; draining on");
+                Step::Drained
+            }
+            Ok(Ok(None)) => Step::Drained,
+            Ok(Err(e)) => Step::Failed(format!("unreadable spool record not quarantined: {e}")),
+            Err(_) => Step::Failed("spool quarantine task failed".into()),
         }
     }
 }

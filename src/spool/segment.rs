@@ -138,7 +138,8 @@ pub fn recover(
     Ok(Some(locs))
 }
 
-fn quarantine(dir: &Path, id: u64, at: usize, bytes: &[u8]) -> std::io::Result<PathBuf> {
+/// Copies a corrupt range of segment `id` at `at` to `quarantine/`, fsynced, and logs it (without its bytes).
+pub(super) fn quarantine(dir: &Path, id: u64, at: usize, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let qdir = dir.join("quarantine");
     fs::create_dir_all(&qdir)?;
     let q = qdir.join(format!("{id:020}.{at}.bad"));

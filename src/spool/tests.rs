@@ -167,8 +167,113 @@ async fn a_segment_left_empty_by_a_crash_does_not_block_appends() {
 async fn a_record_whose_append_was_cancelled_before_its_fsync_is_flushed_by_the_drainer() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path(), None, 1 << 20).unwrap();
-    spool.write(&format::encode(&event(1))).unwrap(); // written, its caller gone before the fsync
+    spool.inner.write(&format::encode(&event(1))).unwrap(); // written, not yet fsynced
     assert!(spool.front().unwrap().is_none() && !spool.is_empty());
     spool.flush().await.unwrap();
     assert_eq!(drain_all(&spool), ["tx1:payment.approved"]);
+}
+
+/// A thread holding the spool's lock as long as a slow fsync under it would (a rotation, a cursor write).
+fn hold_lock(spool: &Spool, hold: std::time::Duration) -> std::thread::JoinHandle<()> {
+    let s = spool.clone();
+    let (held, wait) = std::sync::mpsc::channel();
+    let holder = std::thread::spawn(move || {
+        let _st = s.state();
+        held.send(()).unwrap();
+        std::thread::sleep(hold);
+    });
+    wait.recv().unwrap();
+    holder
+}
+
+/// Counts 10 ms ticks of a task sharing the runtime.
+fn ticker() -> Arc<std::sync::atomic::AtomicU32> {
+    let ticks = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let t = ticks.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            t.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    ticks
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn request_path_checks_do_not_wait_while_the_spool_is_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), None, 1 << 20).unwrap();
+    spool.append(&event(1)).await.unwrap();
+    let ticks = ticker();
+    let holder = hold_lock(&spool, std::time::Duration::from_secs(2));
+    let started = tokio::time::Instant::now();
+    let checks = (spool.is_empty(), spool.len(), spool.bytes() > 0, spool.can_take());
+    let took = started.elapsed();
+    assert_eq!(checks, (false, 1, true, true));
+    assert!(took < std::time::Duration::from_millis(500), "the request path waited {took:?} for the spool lock");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(ticks.load(Ordering::Relaxed) >= 5, "the runtime's other tasks stalled");
+    holder.join().unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_drainer_reads_records_off_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), None, 1 << 20).unwrap();
+    spool.append(&event(1)).await.unwrap();
+    let ticks = ticker();
+    let holder = hold_lock(&spool, std::time::Duration::from_secs(1));
+    let (_, e) = spool.peek().await.unwrap().unwrap();
+    assert_eq!(e.id, "tx1:payment.approved");
+    assert!(ticks.load(Ordering::Relaxed) >= 20, "the runtime stalled while the read waited");
+    holder.join().unwrap();
+}
+
+/// Flips a byte inside the payload of record `index` (0-based) of the first segment.
+fn corrupt_record(dir: &Path, index: usize) {
+    let path = segment::path(dir, segment::list(dir).unwrap()[0]);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mut at = format::HEADER_LEN as usize;
+    for _ in 0..index {
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    bytes[at + format::FRAME_LEN as usize + 4] ^= 0xff;
+    std::fs::write(&path, bytes).unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_record_met_while_draining_is_quarantined_and_the_rest_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), cipher(), 1 << 20).unwrap();
+    for n in 0..3 {
+        spool.append(&event(n)).await.unwrap();
+    }
+    corrupt_record(dir.path(), 1);
+    let (seq, first) = spool.front().unwrap().unwrap();
+    assert_eq!(first.id, "tx0:payment.approved");
+    spool.advance(seq).unwrap();
+    let Err(SpoolError::Corrupt(bad)) = spool.peek().await else { panic!("the flipped record read back") };
+    assert_eq!(bad, 1);
+    let file = spool.quarantine_front(bad).unwrap().expect("quarantined");
+    assert!(file.starts_with(dir.path().join("quarantine")) && file.exists());
+    assert_eq!(spool.quarantine_front(bad).unwrap(), None, "no longer the front");
+    assert_eq!(segment::read_cursor(dir.path()), 2, "the cursor is past the quarantined record at once");
+    assert_eq!(drain_all(&spool), ["tx2:payment.approved"]);
+    drop(spool);
+    let (spool, report) = Spool::open(dir.path(), cipher(), 1 << 20).unwrap();
+    assert!(spool.is_empty() && report == Recovery::default(), "{report:?}");
+}
+
+#[tokio::test]
+async fn a_record_whose_bytes_were_cut_is_unreadable_not_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), None, 1 << 20).unwrap();
+    spool.append(&event(1)).await.unwrap();
+    let path = segment::path(dir.path(), segment::list(dir.path()).unwrap()[0]);
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(format::HEADER_LEN + 10).unwrap();
+    assert!(matches!(spool.front(), Err(SpoolError::Corrupt(0))));
+    assert!(spool.quarantine_front(0).unwrap().is_some());
+    assert!(spool.is_empty());
+    spool.append(&event(2)).await.unwrap();
+    assert_eq!(drain_all(&spool), ["tx2:payment.approved"]);
 }

@@ -210,3 +210,45 @@ async fn readyz_waits_for_the_start_up_replay_and_new_events_queue_behind_it() {
     q.close().await;
     gw.stop().await;
 }
+
+/// Flips a byte inside the payload of record `index` (0-based) of the only spool segment under `data_dir`.
+fn corrupt_spooled_record(data_dir: &Path, index: usize) {
+    let spool = data_dir.join("spool");
+    let seg = std::fs::read_dir(&spool)
+        .expect("spool dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "seg"));
+    let seg = seg.expect("a segment");
+    let mut bytes = std::fs::read(&seg).expect("segment");
+    let mut at = 16; // the segment header
+    for _ in 0..index {
+        at += 8 + u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+    }
+    bytes[at + 16 + 4] ^= 0xff; // past len, crc, seq: inside the payload
+    std::fs::write(&seg, bytes).expect("segment written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_is_quarantined_while_running_and_the_rest_is_delivered() {
+    let (proxy, gw) = down_gateway("", HashMap::new()).await;
+    let mut q = gw.queue("#").await;
+    let bodies: Vec<Vec<u8>> = (0..4).map(|n| format!(r#"{{"event":"rot","n":{n}}}"#).into_bytes()).collect();
+    for b in &bodies {
+        assert_eq!(gw.post("/webhooks/generic", &JSON, b).await.reason, "Stored");
+    }
+    // The disk rots the second record under the running gateway.
+    corrupt_spooled_record(&gw.data_dir, 1);
+    proxy.restore().await;
+    let expected = vec![bodies[0].clone(), bodies[2].clone(), bodies[3].clone()];
+    assert_eq!(drain_queue(&mut q, 3).await, expected, "the events behind the unreadable one, in order");
+    gw.wait_metric("hookgate_spool_events", 0.0).await;
+    assert_eq!(gw.metric("hookgate_spool_quarantined_total").await, 1.0);
+    let quarantined = std::fs::read_dir(gw.data_dir.join("spool").join("quarantine")).unwrap().count();
+    assert_eq!(quarantined, 1);
+    // Later events go straight through again.
+    assert_eq!(gw.post("/webhooks/generic", &JSON, br#"{"event":"after"}"#).await.reason, "Stored");
+    assert_eq!(drain_queue(&mut q, 1).await, [br#"{"event":"after"}"#.to_vec()]);
+    q.close().await;
+    gw.stop().await;
+}
