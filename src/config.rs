@@ -202,6 +202,9 @@ impl Config {
         {
             validate_bucket(key, b)?;
         }
+        if !(1..=10_000_000).contains(&self.rate_limits.max_clients) {
+            return Err(ConfigError::key("rate_limits.max_clients", "must be between 1 and 10000000"));
+        }
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 use crate::auth::AuthError;
 use crate::parse::ParseError;
 use crate::publish::PublishError;
+use crate::ratelimit::{Limit, Limited};
 use crate::spool::SpoolError;
 use crate::store::StoreError;
 
@@ -37,8 +38,8 @@ pub enum PipelineError {
     Parse(#[from] ParseError),
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("rate limited")]
-    RateLimited { retry_after_secs: u64 },
+    #[error("rate limited ({})", limit.as_str())]
+    RateLimited { limit: Limit, retry_after_secs: u64 },
     #[error("event not stored: {0}")]
     Unavailable(#[from] PublishError),
     #[error("the answer deadline passed before the event was stored")]
@@ -51,6 +52,12 @@ pub enum PipelineError {
     Spool(SpoolError),
     #[error("the shared dedup store is unavailable")]
     DedupUnavailable,
+}
+
+impl From<Limited> for PipelineError {
+    fn from(l: Limited) -> Self {
+        PipelineError::RateLimited { limit: l.limit, retry_after_secs: l.retry_after_secs }
+    }
 }
 
 impl From<StoreError> for PipelineError {

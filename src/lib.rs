@@ -16,6 +16,8 @@
 //! - [`http`]: the per-connection hyper service; body reading under a byte cap and a time limit.
 //! - [`pipeline`]: calls the stages below in order for one request; no other logic.
 //! - [`router`]: (method, path) → configured [`source::Source`]; path parameters.
+//! - [`ratelimit`]: governor buckets per client address, global and per source → 429; the pruned, capped
+//!   per-client map.
 //! - [`auth`]: `Unverified` → `Authenticated`; one check per method in `auth/`.
 //! - [`parse`]: content type → payload; JSON, XML, NVP with size and depth limits.
 //! - [`normalize`]: payload → event id, type, subject, time, rank; one preset per provider. Pure.
@@ -48,6 +50,7 @@ pub mod order;
 pub mod parse;
 pub mod pipeline;
 pub mod publish;
+pub mod ratelimit;
 pub mod reload;
 pub mod respond;
 pub mod router;
@@ -158,6 +161,7 @@ impl App {
         };
         let drain_task = tokio::spawn(drainer.run(after_drain.clone(), false));
         let router = router::Router::new(sources);
+        let rate_limits = Arc::new(ratelimit::RateLimits::new(&config.rate_limits, metrics.rate_limiter_keys.clone()));
         for s in router.sources() {
             tracing::info!(source = %s.name, preset = %s.preset, methods = ?s.verifier.methods(), "source configured");
         }
@@ -167,6 +171,7 @@ impl App {
             (storage.dedup, storage.order),
             metrics.clone(),
             config.server.body_read_timeout.0,
+            rate_limits.clone(),
         ));
         let reloader = reload::Reloader::new(path, env, config.clone(), gateway.clone(), tls.clone(), metrics.clone());
         let ready_sink = sink.clone();
@@ -210,7 +215,8 @@ impl App {
             after_drain.clone(),
         ));
         readiness.listener_up.store(true, Ordering::Release);
-        let purge_task = tokio::spawn(purge_loop(gateway, after_drain));
+        let purge_task = tokio::spawn(purge_loop(gateway, after_drain.clone()));
+        let prune_task = tokio::spawn(ratelimit::prune_loop(rate_limits, after_drain));
         tracing::info!(public = %public_addr, admin = %admin_addr, tls = config.server.tls.is_some(), "hookgate serving");
         Ok(App {
             public_addr,
@@ -224,6 +230,7 @@ impl App {
                 ("spool drainer", drain_task),
                 ("admin", admin_task),
                 ("purge", purge_task),
+                ("rate limiter prune", prune_task),
             ],
         })
     }

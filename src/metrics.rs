@@ -48,6 +48,7 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// SIGHUP reloads by outcome: `applied` or `refused`.
     pub config_reloads: IntCounterVec,
+    pub rate_limiter_keys: IntGauge,
 }
 
 impl Metrics {
@@ -143,6 +144,10 @@ impl Metrics {
                 "1 while the broker blocks publishing (connection.blocked: a resource alarm).",
             ),
             open_connections: gauge("hookgate_open_connections", "Open client connections on the public listener."),
+            rate_limiter_keys: gauge(
+                "hookgate_rate_limiter_keys",
+                "Client addresses the per-client rate limiter tracks (at most rate_limits.max_clients).",
+            ),
             registry,
             requests,
             request_duration,
@@ -263,6 +268,7 @@ mod tests {
             "hookgate_broker_connected 0",
             "hookgate_config_reloads_total{outcome=\"applied\"} 0",
             "hookgate_config_reloads_total{outcome=\"refused\"} 0",
+            "hookgate_rate_limiter_keys 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

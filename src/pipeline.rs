@@ -2,9 +2,13 @@
 //! module, and every failure is a [`PipelineError`] turned into an answer by `respond.rs`.
 //!
 //! ```text
-//! route → head auth → read body → auth → parse → normalize → dedup claim → order check → store (broker or
-//! spool) → dedup done (durable) → respond
+//! route → rate limit → head auth → read body → auth → parse → normalize → dedup claim → order check → store
+//! (broker or spool) → dedup done (durable) → respond
 //! ```
+//!
+//! The rate limits (per client address, global, per source) are checked right after routing, on the headers
+//! alone: a refused request costs no body read and no auth work. They apply to unknown paths too (a scanner is
+//! limited like a sender), counted under `source="unmatched"`.
 //!
 //! The whole path runs under the source's answer deadline (`ack_timeout` minus a margin): whatever the broker
 //! or the client does, the provider gets an answer before its own timeout.
@@ -29,6 +33,7 @@ use crate::normalize::{EventMeta, Fields};
 use crate::order::Order;
 use crate::parse::{self, Format, Payload};
 use crate::publish::Sink;
+use crate::ratelimit::RateLimits;
 use crate::respond::{self, Stored};
 use crate::router::{Route, Router};
 use crate::source::Source;
@@ -48,6 +53,8 @@ pub struct Gateway {
     pub order: Order,
     pub metrics: Metrics,
     pub body_read_timeout: Duration,
+    /// `[rate_limits]`: per client and global (each source holds its own bucket).
+    pub limits: Arc<RateLimits>,
     type_labels: Mutex<HashSet<(Arc<str>, String)>>,
 }
 
@@ -58,6 +65,7 @@ impl Gateway {
         (dedup, order): (Dedup, Order),
         metrics: Metrics,
         body_read_timeout: Duration,
+        limits: Arc<RateLimits>,
     ) -> Self {
         Gateway {
             router: ArcSwap::from_pointee(router),
@@ -66,6 +74,7 @@ impl Gateway {
             order,
             metrics,
             body_read_timeout,
+            limits,
             type_labels: Mutex::default(),
         }
     }
@@ -79,6 +88,14 @@ impl Gateway {
         let started = Instant::now();
         let request_id = next_request_id();
         let route = self.router.load().route(req.method(), req.uri().path());
+        let routed = match &route {
+            Route::Matched { source, .. } | Route::MethodNotAllowed { source } => Some(source.as_ref()),
+            Route::NotFound => None,
+        };
+        let client_ip = peer.client_ip(req.headers());
+        if let Err(limited) = self.limits.check(client_ip, routed.and_then(|s| s.rate_limit.as_ref())) {
+            return self.finish(routed, request_id, None, started, Err(limited.into()));
+        }
         let (source, params) = match route {
             Route::Matched { source, params } => (source, params),
             Route::MethodNotAllowed { source } => {
@@ -205,32 +222,47 @@ impl Gateway {
             }
             Err(error) => {
                 self.metrics.posting_errors.with_label_values(&[name, error.reason()]).inc();
-                let reason = error.reason();
-                // The auth method that failed, never the value presented.
-                let method = match error {
-                    PipelineError::Auth(e) => Some(e.method()),
-                    _ => None,
-                };
-                match error.class() {
-                    crate::error::Class::Client | crate::error::Class::RateLimited => {
-                        tracing::warn!(
-                            source = name,
-                            request_id,
-                            event_id,
-                            status,
-                            reason,
-                            method,
-                            latency_ms,
-                            "delivery refused"
-                        );
-                    }
-                    _ => {
-                        tracing::error!(source = name, request_id, event_id, status, reason, %error, latency_ms, "delivery not stored")
-                    }
-                }
+                self.log_error(name, request_id, event_id, status, error, latency_ms);
             }
         }
         resp
+    }
+
+    /// One log line for a delivery not stored: a sender's mistake at `warn`, a rate-limited one throttled (an
+    /// attack must not flood the log), our own failure at `error`.
+    fn log_error(
+        &self,
+        name: &str,
+        request_id: u64,
+        event_id: Option<&str>,
+        status: u16,
+        error: &PipelineError,
+        latency_ms: f64,
+    ) {
+        let reason = error.reason();
+        // The auth method that failed, never the value presented.
+        let method = match error {
+            PipelineError::Auth(e) => Some(e.method()),
+            _ => None,
+        };
+        match (error, error.class()) {
+            (PipelineError::RateLimited { limit, .. }, _) => self.limits.log_refusal(name, request_id, *limit),
+            (_, crate::error::Class::Client | crate::error::Class::RateLimited) => {
+                tracing::warn!(
+                    source = name,
+                    request_id,
+                    event_id,
+                    status,
+                    reason,
+                    method,
+                    latency_ms,
+                    "delivery refused"
+                );
+            }
+            _ => {
+                tracing::error!(source = name, request_id, event_id, status, reason, %error, latency_ms, "delivery not stored")
+            }
+        }
     }
 }
 

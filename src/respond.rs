@@ -65,7 +65,7 @@ pub fn response(result: &Result<Stored, PipelineError>, retry_status: StatusCode
                 headers.insert(header::ALLOW, v);
             }
         }
-        Err(PipelineError::RateLimited { retry_after_secs }) => {
+        Err(PipelineError::RateLimited { retry_after_secs, .. }) => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_secs).max(1)));
         }
         _ => {}
@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(row(Err(a)), (401, "Unauthorized", "auth".into()));
         let f = PipelineError::Auth(AuthError::Forbidden { method: "ip_allow" });
         assert_eq!(row(Err(f)), (403, "Forbidden", "forbidden".into()));
-        let r = PipelineError::RateLimited { retry_after_secs: 0 };
+        let r = PipelineError::RateLimited { limit: crate::ratelimit::Limit::Global, retry_after_secs: 0 };
         assert_eq!(row(Err(r)), (429, "Too Many Requests", "rate_limited".into()));
         let u = PipelineError::Unavailable(PublishError::NotConnected);
         assert_eq!(row(Err(u)), (503, "Store Unavailable", "unavailable".into()));
@@ -128,7 +128,7 @@ mod tests {
             response(&a, StatusCode::SERVICE_UNAVAILABLE).headers()[header::WWW_AUTHENTICATE],
             "Basic realm=\"x\""
         );
-        let r = Err(PipelineError::RateLimited { retry_after_secs: 0 });
+        let r = Err(PipelineError::RateLimited { limit: crate::ratelimit::Limit::Global, retry_after_secs: 0 });
         assert_eq!(response(&r, StatusCode::SERVICE_UNAVAILABLE).headers()[header::RETRY_AFTER], "1");
         let m = Err(PipelineError::MethodNotAllowed { allow: "POST, GET".into() });
         assert_eq!(response(&m, StatusCode::SERVICE_UNAVAILABLE).headers()[header::ALLOW], "POST, GET");

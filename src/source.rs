@@ -9,6 +9,7 @@ use http::Method;
 use crate::auth::Verifier;
 use crate::config::{self, secret::Env, ConfigError, Preset};
 use crate::normalize::FieldRules;
+use crate::ratelimit::{self, Limit};
 use crate::router::PathPattern;
 
 /// One provider endpoint.
@@ -27,6 +28,8 @@ pub struct Source {
     pub retry_status: http::StatusCode,
     pub verifier: Verifier,
     pub rules: FieldRules,
+    /// `rate_limit`: this source's own bucket (rebuilt with the source, so a reload resets it).
+    pub rate_limit: Option<ratelimit::Bucket>,
 }
 
 impl Source {
@@ -66,6 +69,7 @@ impl Source {
             retry_status,
             verifier: Verifier::build(&key, &cfg.auth, server, env)?,
             rules: FieldRules::new(cfg.preset, &cfg.event),
+            rate_limit: cfg.rate_limit.map(|b| ratelimit::Bucket::new(b, Limit::Source)),
         })
     }
 

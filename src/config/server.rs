@@ -172,11 +172,19 @@ pub struct RateLimits {
     pub global: Bucket,
     #[serde(default = "default_client_bucket")]
     pub per_client: Bucket,
+    /// Client addresses the per-client limiter tracks at most (idle ones are pruned; past it, new addresses
+    /// share one overflow bucket of the `per_client` size).
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
 }
 
 impl Default for RateLimits {
     fn default() -> Self {
-        RateLimits { global: default_global_bucket(), per_client: default_client_bucket() }
+        RateLimits {
+            global: default_global_bucket(),
+            per_client: default_client_bucket(),
+            max_clients: default_max_clients(),
+        }
     }
 }
 
@@ -245,6 +253,9 @@ fn default_global_bucket() -> Bucket {
 }
 fn default_client_bucket() -> Bucket {
     Bucket { per_second: 1_000, burst: 2_000 }
+}
+fn default_max_clients() -> usize {
+    100_000
 }
 fn default_level() -> String {
     "info".into()

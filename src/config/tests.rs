@@ -20,6 +20,8 @@ fn the_example_parses_and_validates() {
     assert_eq!(cfg.sources["instamed"].ack_timeout, Some(Dur::secs(20)));
     assert_eq!(cfg.sources["billing"].ack_timeout, Some(Dur::secs(10)));
     assert_eq!(cfg.sources["billing"].path.as_deref(), Some("/webhooks/billing"));
+    assert_eq!(tyro.rate_limit.map(|b| (b.per_second, b.burst)), Some((500, 1000)));
+    assert_eq!(cfg.rate_limits.max_clients, 100_000);
 }
 
 #[test]
@@ -43,6 +45,7 @@ fn defaults_match_the_spec() {
     let a = &cfg.sources["a"];
     assert_eq!((a.dedup_window, a.max_body_bytes, a.retry_status), (Dur::secs(72 * 3600), 1_048_576, Some(503)));
     assert_eq!(cfg.rate_limits.per_client.burst, 2000);
+    assert_eq!(cfg.rate_limits.max_clients, 100_000);
 }
 
 #[test]
@@ -68,6 +71,8 @@ fn each_kind_of_mistake_is_explained() {
         ("", "`sources`: no source is configured"),
         ("[pollers.instamed]\nsource = \"a\"\n", "`pollers`"),
         ("[logging]\nlevel = \"[[\"\n", "`logging.level`"),
+        ("[rate_limits]\nmax_clients = 0\n", "`rate_limits.max_clients`: must be between 1"),
+        ("[rate_limits]\nper_client = { per_second = 0, burst = 1 }\n", "`rate_limits.per_client`"),
     ];
     for (text, expected) in cases {
         let text =

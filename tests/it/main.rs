@@ -9,6 +9,7 @@ mod crash;
 mod dedup;
 mod ingest;
 mod listener;
+mod ratelimit;
 mod reload;
 mod shared;
 mod spool;
