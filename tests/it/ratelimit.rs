@@ -24,8 +24,8 @@ fn expect_limited(r: &Resp, case: &str) {
     assert_eq!(r.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"), "{case}: Retry-After");
 }
 
-fn limits(global: &str, per_client: &str, max_clients: usize) -> String {
-    format!("[rate_limits]\nglobal = {global}\nper_client = {per_client}\nmax_clients = {max_clients}\n")
+fn limits(global: &str, per_client: &str) -> String {
+    format!("[rate_limits]\nglobal = {global}\nper_client = {per_client}\n")
 }
 
 const BIG: &str = "{ per_second = 10000, burst = 10000 }";
@@ -34,7 +34,7 @@ const BIG: &str = "{ per_second = 10000, burst = 10000 }";
 async fn the_global_limit_answers_429_and_recovers() {
     let config = format!(
         "{}[sources.a]\npreset = \"generic\"\nunauthenticated = true\n[sources.b]\npreset = \"generic\"\nunauthenticated = true\n",
-        limits("{ per_second = 1, burst = 3 }", BIG, 1000)
+        limits("{ per_second = 1, burst = 3 }", BIG)
     );
     let gw = Gateway::start(&config).await;
     let mut q = gw.queue("#").await;
@@ -60,7 +60,7 @@ async fn a_source_limit_answers_429_for_that_source_only() {
     let config = format!(
         "{}[sources.limited]\npreset = \"generic\"\nunauthenticated = true\nrate_limit = {{ per_second = 1, burst = 2 }}\n\
          [sources.free]\npreset = \"generic\"\nunauthenticated = true\n",
-        limits(BIG, BIG, 1000)
+        limits(BIG, BIG)
     );
     let gw = Gateway::start(&config).await;
     let mut q = gw.queue("#").await;
@@ -91,7 +91,7 @@ async fn the_client_limit_answers_429_before_authentication() {
     let config = format!(
         "{}[sources.open]\npreset = \"generic\"\nunauthenticated = true\n\
          [sources.locked]\npreset = \"generic\"\n[sources.locked.auth]\nbasic = [{{ username = \"u\", password = \"p\" }}]\n",
-        limits(BIG, "{ per_second = 1, burst = 2 }", 1000)
+        limits(BIG, "{ per_second = 1, burst = 2 }")
     );
     let gw = Gateway::start_full(
         "trusted_proxies = [\"127.0.0.1/32\"]\n",
@@ -192,8 +192,8 @@ async fn many_client_addresses_leave_the_limiter_at_its_cap() {
     // One request leaves an address's bucket one token short for 1 s: it is idle (prunable) 2 s after it.
     let config = format!(
         "{}{}",
-        limits("{ per_second = 1000000, burst = 1000000 }", "{ per_second = 1, burst = 5 }", CAP),
-        crate::support::GENERIC
+        limits("{ per_second = 1000000, burst = 1000000 }", "{ per_second = 1, burst = 5 }"),
+        format!("max_clients = {CAP}\n{}", crate::support::GENERIC)
     );
     let gw = Gateway::start_full(
         "trusted_proxies = [\"127.0.0.1/32\"]\n",
