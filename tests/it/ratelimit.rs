@@ -191,9 +191,9 @@ async fn many_client_addresses_leave_the_limiter_at_its_cap() {
     const CONNS: u32 = 4;
     // One request leaves an address's bucket one token short for 1 s: it is idle (prunable) 2 s after it.
     let config = format!(
-        "{}{}",
+        "{}max_clients = {CAP}\n{}",
         limits("{ per_second = 1000000, burst = 1000000 }", "{ per_second = 1, burst = 5 }"),
-        format!("max_clients = {CAP}\n{}", crate::support::GENERIC)
+        crate::support::GENERIC
     );
     let gw = Gateway::start_full(
         "trusted_proxies = [\"127.0.0.1/32\"]\n",
