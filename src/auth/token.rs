@@ -12,6 +12,7 @@
 
 mod fetch;
 mod jwks;
+mod remote;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
 use super::{AuthError, Check, Unverified};
 use crate::config::{self, secret, secret::Env, ConfigError};
-use jwks::{KeySet, RemoteJwks};
+use jwks::KeySet;
+use remote::RemoteJwks;
 
 const CHALLENGE: &str = "Bearer error=\"invalid_token\"";
 

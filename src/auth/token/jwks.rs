@@ -1,23 +1,9 @@
-//! JSON Web Key Sets (RFC 7517): parsed once from a file, or fetched from a URL, cached, and fetched again when a
-//! token names a `kid` the cached set does not have (at most once per [`MIN_REFRESH`], so unknown `kid`s cannot
-//! make the gateway hammer the identity provider).
+//! JSON Web Key Sets (RFC 7517): the parsed set, from a file or fetched from a URL (see [`super::remote`]).
 
 use std::str::FromStr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
-use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
-
-use super::fetch;
-
-/// A fetched set is used for this long before it is fetched again.
-const MAX_AGE: Duration = Duration::from_secs(600);
-
-/// The least time between two fetches.
-pub const MIN_REFRESH: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Family {
@@ -119,53 +105,4 @@ pub fn check_url(url: &str) -> Result<http::Uri, String> {
         return Err("needs a host".into());
     }
     Ok(url)
-}
-
-#[derive(Default)]
-struct State {
-    keys: Option<Arc<KeySet>>,
-    fetched_at: Option<Instant>,
-    tried_at: Option<Instant>,
-}
-
-/// A JWKS at a URL, cached.
-pub struct RemoteJwks {
-    url: http::Uri,
-    tls: Option<TlsConnector>,
-    state: tokio::sync::Mutex<State>,
-}
-
-impl std::fmt::Debug for RemoteJwks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RemoteJwks({})", self.url)
-    }
-}
-
-impl RemoteJwks {
-    /// # Errors
-    /// A reason when the URL is not an absolute http(s) URL.
-    pub fn new(url: &str) -> Result<Self, String> {
-        let url = check_url(url)?;
-        let tls = if url.scheme_str() == Some("https") { Some(fetch::tls_connector()?) } else { None };
-        Ok(RemoteJwks { url, tls, state: tokio::sync::Mutex::default() })
-    }
-
-    /// Like [`KeySet::candidates`], fetching the set first when it is missing, old, or lacks `kid`.
-    pub async fn candidates(&self, kid: Option<&str>, alg: Algorithm) -> Vec<DecodingKey> {
-        let mut st = self.state.lock().await;
-        let stale = st.fetched_at.is_none_or(|t| t.elapsed() > MAX_AGE);
-        let unknown = kid.is_some_and(|k| !st.keys.as_ref().is_some_and(|s| s.has_kid(k)));
-        let may_try = st.tried_at.is_none_or(|t| t.elapsed() >= MIN_REFRESH);
-        if (stale || unknown) && may_try {
-            st.tried_at = Some(Instant::now());
-            match fetch::get(&self.url, self.tls.as_ref()).await.and_then(|body| KeySet::parse(&body)) {
-                Ok(set) => {
-                    st.keys = Some(Arc::new(set));
-                    st.fetched_at = Some(Instant::now());
-                }
-                Err(error) => tracing::warn!(url = %self.url, %error, "cannot fetch the JWKS"),
-            }
-        }
-        st.keys.as_ref().map(|s| s.candidates(kid, alg)).unwrap_or_default()
-    }
 }

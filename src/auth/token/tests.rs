@@ -164,3 +164,29 @@ fn config_mistakes_name_the_key() {
         assert!(e.contains(expected), "{text}: {e}");
     }
 }
+
+#[test]
+fn unknown_kids_are_remembered_within_bounds() {
+    use remote::{Misses, MAX_KID, MAX_MISSES, MISS_TTL};
+    let now = tokio::time::Instant::now();
+    let mut misses = Misses::default();
+    misses.insert("gone", now);
+    assert!(misses.contains("gone", now + Duration::from_secs(1)));
+    assert!(!misses.contains("gone", now + MISS_TTL), "expired");
+    assert!(!misses.contains("other", now));
+    misses.insert(&"k".repeat(MAX_KID + 1), now);
+    assert_eq!(misses.len(), 1, "an over-long kid is not stored");
+    for n in 0..100_000 {
+        misses.insert(&format!("flood-{n}"), now);
+        assert!(misses.len() <= MAX_MISSES);
+    }
+    // Past the cap, expired kids go first.
+    let mut misses = Misses::default();
+    misses.insert("old", now);
+    for n in 1..MAX_MISSES {
+        misses.insert(&format!("k{n}"), now + MISS_TTL);
+    }
+    misses.insert("new", now + MISS_TTL);
+    assert_eq!(misses.len(), MAX_MISSES);
+    assert!(misses.contains("k1", now + MISS_TTL) && misses.contains("new", now + MISS_TTL));
+}

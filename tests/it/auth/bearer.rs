@@ -1,5 +1,6 @@
 //! `bearer`: JWTs checked against a JWKS served over HTTP by the test, and against an HS256 secret.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,20 +17,30 @@ use crate::support::{Gateway, Pki};
 
 const ISS: &str = "https://sso.instamed.example";
 
-/// A JWKS document served at http://addr/jwks; the test may change it.
+/// A JWKS document served at http://addr/jwks; the test may change it, slow the answers down, count the hits.
 struct Jwks {
     url: String,
     doc: Arc<Mutex<Value>>,
+    delay: Arc<Mutex<Duration>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Jwks {
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
 }
 
 async fn serve_jwks(keys: Vec<Value>) -> Jwks {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/jwks", listener.local_addr().expect("addr"));
     let doc = Arc::new(Mutex::new(json!({ "keys": keys })));
-    let served = doc.clone();
+    let (delay, hits) = (Arc::new(Mutex::new(Duration::ZERO)), Arc::new(AtomicUsize::new(0)));
+    let (served, slow, counted) = (doc.clone(), delay.clone(), hits.clone());
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             let body = served.lock().expect("lock").to_string();
+            let (slow, counted) = (slow.clone(), counted.clone());
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let mut read = 0;
@@ -39,6 +50,9 @@ async fn serve_jwks(keys: Vec<Value>) -> Jwks {
                         Ok(n) => read += n,
                     }
                 }
+                counted.fetch_add(1, Ordering::SeqCst);
+                let pause = *slow.lock().expect("lock");
+                tokio::time::sleep(pause).await;
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                     body.len()
@@ -47,7 +61,7 @@ async fn serve_jwks(keys: Vec<Value>) -> Jwks {
             });
         }
     });
-    Jwks { url, doc }
+    Jwks { url, doc, delay, hits }
 }
 
 fn rsa() -> (EncodingKey, Value, Vec<u8>) {
@@ -185,6 +199,50 @@ async fn key_rotation_outage_and_shared_secret() {
     expect(&post(&gw, "/webhooks/oauth-hs", &old, 4).await, 401, "Unauthorized", "HS256 expired");
     expect(&post(&gw, "/webhooks/oauth-hs", &hs(b"shared-hs-secret"), 5).await, 200, "Stored", "HS256");
     expect_published(&mut q, &[body(1), body(2), body(5)]).await;
+    q.close().await;
+    gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_identity_provider_stalls_no_known_kid_and_unknown_kids_fetch_once() {
+    let Setup { gw, mut q, jwks, rsa_key, .. } = setup().await;
+    let ok = jwt(Algorithm::RS256, Some("rsa-1"), &claims(300), &rsa_key);
+    expect(&post(&gw, "/webhooks/oauth", &ok, 0).await, 200, "Stored", "the first token fetches the set");
+    assert_eq!(jwks.hits(), 1);
+    // The identity provider hangs (longer than the gateway's fetch timeout); the refresh interval has passed.
+    *jwks.delay.lock().expect("lock") = Duration::from_secs(5);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let g = &gw;
+    let flood = futures_util::future::join_all((0..20).map(|i| {
+        let token = jwt(Algorithm::RS256, Some(&format!("flood-{i}")), &claims(300), &rsa_key);
+        async move { post(g, "/webhooks/oauth", &token, 100 + i).await }
+    }));
+    let known = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let mut slowest = Duration::ZERO;
+        for n in 1..=5 {
+            let started = tokio::time::Instant::now();
+            expect(&post(g, "/webhooks/oauth", &ok, n).await, 200, "Stored", "known kid while the IdP hangs");
+            slowest = slowest.max(started.elapsed());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        slowest
+    };
+    let (flooded, slowest) = tokio::join!(flood, known);
+    for r in &flooded {
+        expect(r, 401, "Unauthorized", "unknown kid");
+    }
+    assert!(slowest < Duration::from_millis(1500), "a known kid waited {slowest:?} for the JWKS fetch");
+    assert_eq!(jwks.hits(), 2, "20 unknown kids: one fetch");
+    // The fetch failed: the last good set keeps serving, and more unknown kids fetch nothing (the IdP is back).
+    *jwks.delay.lock().expect("lock") = Duration::ZERO;
+    for i in 0..5 {
+        let token = jwt(Algorithm::RS256, Some(&format!("again-{i}")), &claims(300), &rsa_key);
+        expect(&post(&gw, "/webhooks/oauth", &token, 200).await, 401, "Unauthorized", "unknown kid, no fetch");
+    }
+    expect(&post(&gw, "/webhooks/oauth", &ok, 6).await, 200, "Stored", "the last good set");
+    assert_eq!(jwks.hits(), 2);
+    expect_published(&mut q, &(0..=6).map(body).collect::<Vec<_>>()).await;
     q.close().await;
     gw.stop().await;
 }
