@@ -162,6 +162,7 @@ impl App {
         let drain_task = tokio::spawn(drainer.run(after_drain.clone(), false));
         let router = router::Router::new(sources);
         let rate_limits = Arc::new(ratelimit::RateLimits::new(&config.rate_limits, metrics.rate_limiter_keys.clone()));
+        metrics.set_ack_timeouts(router.sources().map(|s| (&*s.name, s.ack_timeout)));
         for s in router.sources() {
             tracing::info!(source = %s.name, preset = %s.preset, methods = ?s.verifier.methods(), "source configured");
         }
@@ -323,6 +324,7 @@ impl Storage {
         let parked = open_spool(&Spool::parked_dir_of(&s.data_dir), cipher, s.spool_max_bytes, metrics)?;
         metrics.spool_events.set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
         metrics.spool_parked.set(i64::try_from(parked.len()).unwrap_or(i64::MAX));
+        metrics.spool_max_bytes.set(i64::try_from(s.spool_max_bytes).unwrap_or(i64::MAX));
         tracing::info!(records = spool.len(), encrypted = spool.encrypted(), shared = shared.is_some(), "storage open");
         let (dedup, order) = (Dedup::new(state.clone(), shared.clone()), Order::new(state, shared));
         Ok(Storage { dedup, order, spool, parked })

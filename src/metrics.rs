@@ -14,7 +14,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,12 @@ pub struct Metrics {
     /// SIGHUP reloads by outcome: `applied` or `refused`.
     pub config_reloads: IntCounterVec,
     pub rate_limiter_keys: IntGauge,
+    /// Each source's `ack_timeout`, so dashboards and alerts compare latency with the provider's deadline.
+    pub source_ack_timeout: GaugeVec,
+    /// `storage.spool_max_bytes`, so an alert can compare `hookgate_spool_bytes` with the cap.
+    pub spool_max_bytes: IntGauge,
+    /// Unix time the process started (the conventional `process_start_time_seconds`): restarts show as changes.
+    pub process_start_time: Gauge,
 }
 
 impl Metrics {
@@ -131,7 +138,19 @@ impl Metrics {
         )
         .expect("valid histogram");
         registry.register(Box::new(request_body_bytes.clone())).expect("registered once");
+        let source_ack_timeout = GaugeVec::new(
+            Opts::new("hookgate_source_ack_timeout_seconds", "The source's ack_timeout (the provider's deadline)."),
+            &["source"],
+        )
+        .expect("valid gauge");
+        registry.register(Box::new(source_ack_timeout.clone())).expect("registered once");
+        let process_start_time =
+            Gauge::new("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds.")
+                .expect("valid gauge");
+        registry.register(Box::new(process_start_time.clone())).expect("registered once");
+        process_start_time.set(unix_now());
         Metrics {
+            spool_max_bytes: gauge("hookgate_spool_max_bytes", "storage.spool_max_bytes: the cap of the spool."),
             spool_events: gauge("hookgate_spool_events", "Events waiting in the spool."),
             spool_bytes: gauge("hookgate_spool_bytes", "Bytes of undrained spool records (against spool_max_bytes)."),
             spool_parked: gauge(
@@ -164,6 +183,16 @@ impl Metrics {
             request_body_bytes,
             tls_handshake_failures,
             config_reloads,
+            source_ack_timeout,
+            process_start_time,
+        }
+    }
+
+    /// Publishes each source's `ack_timeout` (at start and after a reload); sources no longer configured vanish.
+    pub fn set_ack_timeouts<'a>(&self, sources: impl IntoIterator<Item = (&'a str, std::time::Duration)>) {
+        self.source_ack_timeout.reset();
+        for (name, ack_timeout) in sources {
+            self.source_ack_timeout.with_label_values(&[name]).set(ack_timeout.as_secs_f64());
         }
     }
 
@@ -175,6 +204,10 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Default for Metrics {
@@ -269,8 +302,27 @@ mod tests {
             "hookgate_config_reloads_total{outcome=\"applied\"} 0",
             "hookgate_config_reloads_total{outcome=\"refused\"} 0",
             "hookgate_rate_limiter_keys 0",
+            "hookgate_spool_max_bytes 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }
+    }
+
+    #[test]
+    fn ack_timeouts_follow_the_configured_sources() {
+        let m = Metrics::new();
+        let s = std::time::Duration::from_secs;
+        m.set_ack_timeouts([("instamed", s(20)), ("tyro", s(10))]);
+        m.set_ack_timeouts([("instamed", s(15))]);
+        let text = m.render();
+        assert!(text.lines().any(|l| l == "hookgate_source_ack_timeout_seconds{source=\"instamed\"} 15"), "{text}");
+        assert!(!text.contains("source=\"tyro\""), "a removed source keeps no deadline\n{text}");
+    }
+
+    #[test]
+    fn process_start_time_is_set() {
+        let text = Metrics::new().render();
+        let start = text.lines().find_map(|l| l.strip_prefix("process_start_time_seconds "));
+        assert!(start.and_then(|v| v.parse::<f64>().ok()).is_some_and(|t| t > 1.7e9), "{text}");
     }
 }

@@ -143,6 +143,7 @@ impl Inner {
             current.store(config);
         }
         let sources = prepared.router.sources().map(|s| s.name.to_string()).collect();
+        self.metrics.set_ack_timeouts(prepared.router.sources().map(|s| (&*s.name, s.ack_timeout)));
         self.gateway.router.store(Arc::new(prepared.router));
         Applied { sources, restart_required: prepared.restart_required }
     }
