@@ -60,6 +60,25 @@ def validate_schemas(docs):
             ok(True, "")
 
 
+def anchors(markdown):
+    """GitHub's heading anchors of a Markdown file."""
+    out = set()
+    for line in open(markdown):
+        m = re.match(r"#+ (.*)", line)
+        if m:
+            out.add(re.sub(r"[^a-z0-9 _-]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return out
+
+
+def check_runbooks():
+    plain = yaml.safe_load(open(os.path.join(CHART, "files", "alerts.yaml")))
+    have = anchors(os.path.join(ROOT, "docs", "operations.md"))
+    for grp in plain["groups"]:
+        for r in grp["rules"]:
+            url = r["annotations"]["runbook_url"]
+            ok(url.startswith("docs/operations.md#") and url.split("#")[1] in have, f"{r['alert']}: runbook {url} is not a heading of docs/operations.md")
+
+
 def check_crds(docs):
     services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
     for sm in by_kind(docs, "ServiceMonitor"):
@@ -211,6 +230,8 @@ def main():
     p = subprocess.run([HELM, "lint", "--strict", CHART, "-f", os.path.join(CHART, "ci", "all-on-values.yaml")], capture_output=True, text=True)
     ok(p.returncode == 0, f"helm lint --strict (all on):\n{p.stdout}{p.stderr}")
     print("helm lint --strict: ok (default, all on)")
+    check_runbooks()
+    print("every alert's runbook_url is a heading of docs/operations.md")
 
     # Default values.
     docs = helm_template()
