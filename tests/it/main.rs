@@ -4,6 +4,7 @@ mod support;
 
 mod auth;
 mod broker_failures;
+mod canary;
 mod cli;
 mod crash;
 mod dedup;

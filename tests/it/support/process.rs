@@ -38,9 +38,23 @@ pub fn proc_config(
 impl Proc {
     /// Starts `hookgate run --config FILE` and waits (15 s) until it is ready with the broker connected.
     pub async fn spawn(config: &std::path::Path) -> Proc {
+        Proc::spawn_cmd(config, std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))).await
+    }
+
+    /// As [`Proc::spawn`], with `RUST_LOG` set to `rust_log` (`None`: unset, so `logging.level` applies).
+    pub async fn spawn_rust_log(config: &std::path::Path, rust_log: Option<&str>) -> Proc {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"));
+        match rust_log {
+            Some(filter) => cmd.env("RUST_LOG", filter),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        Proc::spawn_cmd(config, cmd).await
+    }
+
+    async fn spawn_cmd(config: &std::path::Path, mut cmd: std::process::Command) -> Proc {
         let parsed = Config::load(config).expect("valid test config");
         let log = config.with_extension(format!("{}.log", unique("run")));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        let child = cmd
             .args(["run", "--config", config.to_str().expect("utf-8 path")])
             .stdout(std::fs::File::create(&log).expect("log"))
             .stderr(std::fs::File::create(log.with_extension("err")).expect("log"))
