@@ -95,10 +95,11 @@ impl Config {
         Config::parse(&text).and_then(Config::validate).map_err(|e| e.in_file(path))
     }
 
-    /// Deserializes TOML text; unknown keys and wrong types are errors naming the key.
+    /// Deserializes TOML text; unknown keys and wrong types are errors naming the key (and the line), never the
+    /// value found there: it may be a secret written under the wrong key.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| {
-            let reason = e.message().to_string();
+            let reason = without_value(e.message());
             let at = e.span().map(|span| line_of(text, span.start)).map(|l| format!(" (line {l})")).unwrap_or_default();
             ConfigError::key(&key_at(text, e.span()), format!("{reason}{at}"))
         })
@@ -313,6 +314,25 @@ fn validate_source(
         ));
     }
     Ok(())
+}
+
+/// A deserializer's message without the value it is about: `invalid type: integer `42`, expected a string`
+/// becomes `invalid type: integer (value not shown), expected a string`; the variant of `unknown variant` goes too.
+fn without_value(message: &str) -> String {
+    const HIDDEN: &str = "(value not shown)";
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let (found, expected) = rest.split_once(", expected ").unwrap_or((rest, ""));
+            let kind = found.split(['`', '"', '\'']).next().unwrap_or_default().trim();
+            let expected = if expected.is_empty() { String::new() } else { format!(", expected {expected}") };
+            return format!("{prefix}{kind} {HIDDEN}{expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant ") {
+        let expected = rest.split_once(", expected ").map(|(_, e)| format!(", expected {e}")).unwrap_or_default();
+        return format!("unknown variant {HIDDEN}{expected}");
+    }
+    message.to_string()
 }
 
 /// 1-based line number of a byte offset.

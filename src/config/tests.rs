@@ -59,7 +59,10 @@ fn unknown_keys_name_the_key_and_line() {
 #[test]
 fn each_kind_of_mistake_is_explained() {
     let cases = [
-        ("[sources.a]\npreset = \"paypal\"\nunauthenticated = true\n", "unknown variant `paypal`"),
+        (
+            "[sources.a]\npreset = \"paypal\"\nunauthenticated = true\n",
+            "`sources.a.preset`: unknown variant (value not shown), expected one of `instamed`",
+        ),
         ("[sources.a]\npreset = \"generic\"\n", "`sources.a.auth`: no authentication method"),
         ("[sources.a]\npreset = \"generic\"\nunauthenticated = true\nack_timeout = \"20\"\n", "invalid duration"),
         ("[sources.a]\npreset = \"generic\"\nunauthenticated = true\nretry_status = 404\n", "`sources.a.retry_status`"),
@@ -189,4 +192,37 @@ fn proxy_protocol_and_crls_need_their_companions() {
     assert!(e.contains("`server.proxy_protocol`: needs server.trusted_proxies"), "{e}");
     let e = err(&format!("[server.tls]\ncert = \"c\"\nkey = \"k\"\ncrls = [\"x.crl\"]\n{MINIMAL}"));
     assert!(e.contains("`server.tls.crls`: needs server.tls.client_ca"), "{e}");
+}
+
+#[test]
+fn type_errors_name_the_key_and_file_never_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "[sources.a.auth]\nbasic = [{ username = \"u\", password = 73914455821 }]\n",
+            "73914455821",
+            "sources.a.auth.basic",
+        ),
+        ("[sources.a.auth]\nheaders = { k = { value = true } }\n", "true", "sources.a.auth.headers"),
+        ("[sources.a]\nmax_body_bytes = \"hunter2-s3cret\"\n", "hunter2-s3cret", "sources.a.max_body_bytes"),
+        ("[sources.a]\nack_timeout = \"hunter2-s3cret\"\n", "hunter2", "sources.a.ack_timeout"),
+        ("[sources.a]\npreset = \"hunter2-s3cret\"\n", "hunter2", "sources.a.preset"),
+        ("[sources.a]\nretry_status = 3.14159265\n", "3.14159", "sources.a.retry_status"),
+        ("[broker]\nurl = 1234567890123\n", "1234567890123", "broker.url"),
+    ];
+    for (i, (text, value, key)) in cases.into_iter().enumerate() {
+        let text = if text.starts_with("[sources.a]") {
+            format!("{text}unauthenticated = true\n")
+        } else if text.starts_with("[sources.a.auth]") {
+            format!("[sources.a]\npreset = \"generic\"\n{text}")
+        } else {
+            format!("{text}{MINIMAL}")
+        };
+        let path = dir.path().join(format!("case{i}.toml"));
+        std::fs::write(&path, &text).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(!e.contains(value), "{key}: the value is echoed: {e}");
+        assert!(e.contains(key) && e.contains(&path.display().to_string()), "{key}: names key and file: {e}");
+        assert!(e.contains("line "), "{key}: names the line: {e}");
+    }
 }

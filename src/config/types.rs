@@ -27,7 +27,8 @@ impl<'de> Deserialize<'de> for Dur {
         let text = String::deserialize(d)?;
         humantime::parse_duration(text.trim())
             .map(Dur)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e} (write e.g. \"20s\")")))
+            // Neither the text nor humantime's message (which quotes it) is echoed: it may be a misplaced secret.
+            .map_err(|_| serde::de::Error::custom("invalid duration (write e.g. \"250ms\", \"20s\" or \"72h\")"))
     }
 }
 

@@ -104,8 +104,11 @@ async fn delete(name: &str) {
 
 fn config(dir: &std::path::Path, exchange: &str, format: &str) -> std::path::PathBuf {
     let (port, admin) = (free_port(), free_port());
-    let base = base_config(exchange, &amqp_url(), &format!("listen = \"127.0.0.1:{port}\"\n"))
-        .replacen("[server]\n", "declare_exchange = false\n[server]\n", 1);
+    let base = base_config(exchange, &amqp_url(), &format!("listen = \"127.0.0.1:{port}\"\n")).replacen(
+        "[server]\n",
+        "declare_exchange = false\n[server]\n",
+        1,
+    );
     let text = format!(
         "{base}{SOURCES}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[logging]\nformat = \"{format}\"\nlevel = \"info\"\n\
          [storage]\ndata_dir = \"{}\"\n",
