@@ -30,7 +30,7 @@ pub enum PipelineError {
     TooLarge,
     #[error("body not received in time")]
     BodyTimeout,
-    #[error("request framing is ambiguous")]
+    #[error("the Content-Length is not a length")]
     BadFraming,
     #[error("could not read the request body")]
     BodyRead,
@@ -52,6 +52,9 @@ pub enum PipelineError {
     Spool(SpoolError),
     #[error("the shared dedup store is unavailable")]
     DedupUnavailable,
+    /// The event cannot be an AMQP message (a routing key over 255 bytes): no retry can ever publish it.
+    #[error("event cannot be published: {0}")]
+    Unpublishable(&'static str),
 }
 
 impl From<Limited> for PipelineError {
@@ -63,6 +66,7 @@ impl From<Limited> for PipelineError {
 impl From<StoreError> for PipelineError {
     fn from(e: StoreError) -> Self {
         match e {
+            StoreError::Publish(PublishError::Encode(what)) => PipelineError::Unpublishable(what),
             StoreError::Publish(e) => PipelineError::Unavailable(e),
             StoreError::Spool(e) => PipelineError::Spool(e),
         }
@@ -104,6 +108,7 @@ impl PipelineError {
             | PipelineError::InFlight
             | PipelineError::DedupUnavailable => "unavailable",
             PipelineError::StoreTaskFailed => "internal",
+            PipelineError::Unpublishable(_) => "unpublishable",
         }
     }
 }

@@ -83,18 +83,22 @@ impl FieldRules {
             _ => sha256_hex(body),
         };
         // The id is the AMQP message_id, a short string: a long one is replaced by its hash.
-        let id = if id.len() > MAX_ID_BYTES { format!("sha256:{}", sha256_hex(id.as_bytes())) } else { id };
+        let id = capped(id, MAX_ID_BYTES);
+        // The subject is a header of every message and a key of the order state: bounded the same way.
+        let subject = x.subject.map(|s| capped(s, MAX_SUBJECT_BYTES));
         let rank = match self.preset {
             Preset::Instamed => instamed::rank(&kind),
             Preset::Tyro => presets::tyro_rank(&kind),
             _ => None,
         };
-        EventMeta { id, rank, time: x.time.as_deref().and_then(parse_time), subject: x.subject, kind }
+        EventMeta { id, rank, time: x.time.as_deref().and_then(parse_time), subject, kind }
     }
 }
 
 /// Longest id kept as is (AMQP short strings hold 255 bytes).
 const MAX_ID_BYTES: usize = 200;
+/// Longest subject kept as is; a longer one is replaced by its hash, like an id.
+const MAX_SUBJECT_BYTES: usize = 200;
 /// Longest normalized type, so `<source>.<type>` fits a routing key.
 const MAX_TYPE_BYTES: usize = 120;
 
@@ -115,6 +119,15 @@ pub fn slug(raw: &str) -> String {
         out.pop();
     }
     out
+}
+
+/// `value`, or `sha256:<hex of value>` when it is longer than `max` bytes (equal values stay equal).
+fn capped(value: String, max: usize) -> String {
+    if value.len() > max {
+        format!("sha256:{}", sha256_hex(value.as_bytes()))
+    } else {
+        value
+    }
 }
 
 pub fn sha256_hex(body: &[u8]) -> String {

@@ -32,7 +32,9 @@ pub fn status_of(result: &Result<Stored, PipelineError>, retry_status: StatusCod
         PipelineError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         PipelineError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
         PipelineError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
-        PipelineError::BadFraming | PipelineError::BodyRead => (StatusCode::BAD_REQUEST, "Bad Request"),
+        PipelineError::BadFraming | PipelineError::BodyRead | PipelineError::Unpublishable(_) => {
+            (StatusCode::BAD_REQUEST, "Bad Request")
+        }
         PipelineError::Parse(ParseError::UnsupportedMediaType) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, "Unsupported Media Type")
         }
@@ -116,6 +118,8 @@ mod tests {
         let d = PipelineError::Spool(crate::spool::SpoolError::Io(std::io::Error::other("disk")));
         assert_eq!(row(Err(d)), (503, "Store Unavailable", "spool_error".into()));
         assert_eq!(row(Err(PipelineError::DedupUnavailable)), (503, "Store Unavailable", "unavailable".into()));
+        let encode = crate::store::StoreError::Publish(PublishError::Encode("routing key too long"));
+        assert_eq!(row(Err(encode.into())), (400, "Bad Request", "unpublishable".into()));
     }
 
     #[test]

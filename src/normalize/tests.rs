@@ -129,3 +129,18 @@ fn slugs_are_routing_key_safe() {
     assert_eq!(slug("Balance-Inquiry"), "balance-inquiry");
     let _ = Payload::Empty;
 }
+
+#[test]
+fn long_ids_and_subjects_are_hashed_not_kept() {
+    let tx = "T".repeat(5000);
+    let body = format!(r#"{{"TransactionId":"{tx}","MessageType":"Transaction","TransactionCode":"PP80DS"}}"#);
+    let m = meta(Preset::PrepaidCard, Format::Json, body.as_bytes(), &[], &[]);
+    let hashed = format!("sha256:{}", sha256_hex(tx.as_bytes()));
+    assert_eq!(m.id, hashed);
+    assert_eq!(m.subject.as_deref(), Some(hashed.as_str()), "subject capped like the id");
+    let short = meta(Preset::PrepaidCard, Format::Json, &fixture("prepaid-card-purchase.json"), &[], &[]);
+    assert_eq!(short.subject.as_deref(), Some("967297ae-e208-4268-a0ea-e1bea1d1b75d"), "short ones stay as sent");
+    let edge = "s".repeat(200);
+    let body = format!(r#"{{"TransactionId":"{edge}","MessageType":"Transaction","TransactionCode":"PP80DS"}}"#);
+    assert_eq!(meta(Preset::PrepaidCard, Format::Json, body.as_bytes(), &[], &[]).subject, Some(edge));
+}

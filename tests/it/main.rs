@@ -8,6 +8,7 @@ mod canary;
 mod cli;
 mod crash;
 mod dedup;
+mod hardening;
 mod ingest;
 mod listener;
 mod ratelimit;

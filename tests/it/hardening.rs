@@ -1,0 +1,77 @@
+//! Smaller holes of issue 12 (item 10): an event that can never be published is refused `400`, and a request
+//! framed by both `Content-Length` and `Transfer-Encoding` is read by the latter alone, on the wire.
+
+use std::time::Duration;
+
+use crate::support::{Gateway, GENERIC, JSON};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// The longest source name (64) with the card preset, whose type joins two slugs of up to 120 bytes: the
+/// routing key `<source>.<type>` can pass AMQP's 255-byte limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routing_key_over_255_bytes_is_refused_400() {
+    let name = "c".repeat(64);
+    let gw = Gateway::start(&format!("[sources.{name}]\npreset = \"prepaid-card\"\nunauthenticated = true\n")).await;
+    let mut q = gw.queue("#").await;
+    let body = format!(
+        r#"{{"TransactionId":"rk-1","MessageType":"{}","TransactionCode":"{}"}}"#,
+        "m".repeat(150),
+        "x".repeat(150)
+    );
+    let r = gw.post(&format!("/webhooks/{name}"), &JSON, body.as_bytes()).await;
+    assert_eq!((r.status, r.reason.as_str()), (400, "Bad Request"), "never the retry status: no retry can publish it");
+    assert!(q.next(Duration::from_millis(500)).await.is_none(), "nothing published");
+    let series = format!("hookgate_posting_errors_total{{reason=\"unpublishable\",source=\"{name}\"}}");
+    assert_eq!(gw.metric(&series).await, 1.0);
+    // A short type on the same source is published as usual.
+    let ok = br#"{"TransactionId":"rk-2","MessageType":"Transaction","TransactionCode":"PP80DS"}"#;
+    assert_eq!(gw.post(&format!("/webhooks/{name}"), &JSON, ok).await.status, 200);
+    assert_eq!(q.exactly_one(WAIT).await.routing_key, format!("{name}.transaction.purchase"));
+    q.close().await;
+    gw.stop().await;
+}
+
+fn chunked(head_lines: &[&str], body: &[u8]) -> Vec<u8> {
+    let mut req = b"POST /webhooks/generic HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n".to_vec();
+    for line in head_lines {
+        req.extend_from_slice(format!("{line}\r\n").as_bytes());
+    }
+    req.extend_from_slice(format!("\r\n{:x}\r\n", body.len()).as_bytes());
+    req.extend_from_slice(body);
+    req.extend_from_slice(b"\r\n0\r\n\r\n");
+    req
+}
+
+/// RFC 9112 §6.3: with both headers the body is read by `Transfer-Encoding` (never by the `Content-Length`),
+/// and the connection is closed after the answer, so nothing behind the body is read as a second request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_is_read_by_chunks_then_closed() {
+    let gw = Gateway::start(GENERIC).await;
+    let mut q = gw.queue("generic.#").await;
+    let smuggled = b"POST /webhooks/generic HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+                     Content-Length: 20\r\n\r\n{\"event\":\"smuggled\"}";
+    for (i, order) in
+        [["Content-Length: 3", "Transfer-Encoding: chunked"], ["Transfer-Encoding: chunked", "Content-Length: 3"]]
+            .into_iter()
+            .enumerate()
+    {
+        let body = format!(r#"{{"event":"framed","n":{i}}}"#);
+        let mut wire = chunked(&order, body.as_bytes());
+        wire.extend_from_slice(smuggled);
+        let answer = gw.raw(&wire).await;
+        assert!(answer.starts_with("HTTP/1.1 200 Stored\r\n"), "{order:?}: {answer}");
+        assert!(answer.to_ascii_lowercase().contains("connection: close"), "{order:?}: {answer}");
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{order:?}: one answer, the rest unread: {answer}");
+        let m = q.exactly_one(WAIT).await;
+        assert_eq!(m.body, body.as_bytes(), "{order:?}: the whole chunked body, not 3 bytes");
+    }
+    // Transfer-Encoding other than chunked cannot be framed at all: 400, nothing published.
+    let wire = b"POST /webhooks/generic HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip\r\n\
+                 Content-Length: 2\r\n\r\n{}";
+    let answer = gw.raw(wire).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(q.next(Duration::from_millis(300)).await.is_none());
+    q.close().await;
+    gw.stop().await;
+}
