@@ -114,6 +114,8 @@ pub trait Check: Send + Sync + fmt::Debug {
 #[derive(Debug, Default)]
 pub struct Verifier {
     checks: Vec<Box<dyn Check>>,
+    /// With `hmac`: the headers its signature covers. Event fields then come only from the body and these.
+    signed_headers: Option<Vec<http::HeaderName>>,
 }
 
 impl Verifier {
@@ -138,10 +140,13 @@ impl Verifier {
         if let Some(headers) = &auth.headers {
             checks.push(Box::new(headers::StaticHeaders::build(&format!("{key}.auth.headers"), headers, env)?));
         }
+        let mut signed_headers = None;
         if let Some(cfg) = &auth.hmac {
-            checks.push(Box::new(hmac::HmacCheck::build(&format!("{key}.auth.hmac"), cfg, env)?));
+            let check = hmac::HmacCheck::build(&format!("{key}.auth.hmac"), cfg, env)?;
+            signed_headers = Some(check.signed_headers());
+            checks.push(Box::new(check));
         }
-        Ok(Verifier { checks })
+        Ok(Verifier { checks, signed_headers })
     }
 
     /// Checks what can be checked without secrets or files (called by `Config::validate`, so that
@@ -188,6 +193,13 @@ impl Verifier {
             check.verify(&req).await?;
         }
         Ok(Authenticated { inner: req })
+    }
+
+    /// `Some` (the signed headers) when the source authenticates with `hmac`: then the signature covers the
+    /// body and these headers only, never the path, the query or other headers, and event fields must come
+    /// from what it covers.
+    pub fn signed_headers(&self) -> Option<&[http::HeaderName]> {
+        self.signed_headers.as_deref()
     }
 
     /// The configured methods, for logs.

@@ -296,9 +296,21 @@ fn parse_body(request: &Authenticated) -> Result<(Format, Payload), PipelineErro
 
 type ParamsQuery = (Vec<(String, String)>, Vec<(String, String)>);
 
+/// Event fields from the delivery. On an `hmac` source only from signed input: the body and the headers the
+/// scheme signs, never the path or the query (a captured body replayed to another path stays the same event).
 fn normalize(source: &Source, request: &Authenticated, payload: &Payload, pq: &ParamsQuery, body: &[u8]) -> EventMeta {
-    let fields = Fields { payload, params: &pq.0, query: &pq.1, headers: &request.parts().headers };
-    source.rules.extract(&fields, body)
+    let all = &request.parts().headers;
+    let Some(signed) = source.verifier.signed_headers() else {
+        let fields = Fields { payload, params: &pq.0, query: &pq.1, headers: all };
+        return source.rules.extract(&fields, body);
+    };
+    let mut headers = http::HeaderMap::new();
+    for name in signed {
+        if let Some(value) = all.get(name) {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+    source.rules.extract(&Fields { payload, params: &[], query: &[], headers: &headers }, body)
 }
 
 /// What is published: the provider's bytes with the request's content type, or, for a body-less delivery, a JSON

@@ -98,8 +98,18 @@ impl HmacCheck {
         Ok(HmacCheck { scheme, secrets, public_keys, tolerance })
     }
 
-    /// Whether `req` carries a valid signature, checked at `now`.
+    /// The headers the signature covers besides the body.
+    pub fn signed_headers(&self) -> Vec<http::HeaderName> {
+        self.scheme.signed_headers()
+    }
+
+    /// Whether `req` carries a valid signature, checked at `now`. An empty body never does: no scheme signs the
+    /// method, path or query, so a body-less request (Tyro's `GET`/`DELETE`) would let one captured signature
+    /// be replayed to any path inside the tolerance as a new event.
     pub fn accepts(&self, headers: &http::HeaderMap, body: &[u8], now: SystemTime) -> bool {
+        if body.is_empty() {
+            return false;
+        }
         let Some(p) = self.scheme.present(headers, body) else {
             return false;
         };

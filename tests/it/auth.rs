@@ -6,6 +6,7 @@ mod basic;
 mod bearer;
 mod hmac;
 mod mtls;
+mod replay;
 mod sign;
 
 use std::time::Duration;

@@ -83,6 +83,18 @@ impl Scheme {
         }
     }
 
+    /// The request headers the signature covers besides the body (event fields may come from these alone).
+    pub fn signed_headers(&self) -> Vec<HeaderName> {
+        match self {
+            Scheme::Tyro => vec![HeaderName::from_static("x-sender-timestamp")],
+            Scheme::StandardWebhooks => {
+                vec![HeaderName::from_static("webhook-id"), HeaderName::from_static("webhook-timestamp")]
+            }
+            Scheme::Custom(c) => c.timestamp_header.iter().cloned().collect(),
+            Scheme::XSignature { .. } | Scheme::Github | Scheme::Stripe | Scheme::Shopify => Vec::new(),
+        }
+    }
+
     /// What the delivery presents; `None` when a header is missing or unreadable.
     pub(crate) fn present(&self, headers: &HeaderMap, body: &[u8]) -> Option<Presented> {
         match self {

@@ -192,3 +192,17 @@ fn sign_uses_the_first_secret() {
     .unwrap();
     assert!(sign("k", &cfg, &HashMap::new(), b"x", at(NOW)).unwrap_err().to_string().contains("no HMAC secret"));
 }
+
+#[test]
+fn an_empty_body_is_never_accepted_even_correctly_signed() {
+    for scheme in SCHEMES {
+        let c = check(&format!("{scheme}\nsecrets = [\"k1\"]"));
+        assert!(c.accepts(&signed(&c, "k1", BODY, NOW), BODY, at(NOW)), "{scheme}: a signed body passes");
+        let h = signed(&c, "k1", b"", NOW);
+        assert!(!c.accepts(&h, b"", at(NOW)), "{scheme}: a signed empty body covers no path or query");
+    }
+    let sw = check("scheme = \"standard-webhooks\"\nsecrets = [\"whsec_czNjcjN0\"]");
+    let names: Vec<_> = sw.signed_headers().iter().map(|h| h.as_str().to_string()).collect();
+    assert_eq!(names, ["webhook-id", "webhook-timestamp"]);
+    assert!(check("scheme = \"x-signature\"\nsecrets = [\"k\"]").signed_headers().is_empty());
+}
