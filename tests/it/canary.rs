@@ -119,6 +119,9 @@ fn config(dir: &std::path::Path, exchange: &str, format: &str) -> std::path::Pat
     path
 }
 
+/// A named request: path, headers, body.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a [u8]);
+
 /// Every refusal path and the unroutable event; returns the answer bodies (and statuses, for the message).
 async fn drive(client: &Client) -> Vec<(String, u16, Bytes)> {
     let body = body();
@@ -137,7 +140,7 @@ async fn drive(client: &Client) -> Vec<(String, u16, Bytes)> {
     let odd_type = format!("application/x-{SECRET}");
     let large = format!("{body}{}", " ".repeat(2048));
     let not_found = format!("/webhooks/none?card={CARD}&name={SECRET}");
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &[u8])> = vec![
+    let cases: Vec<Case> = vec![
         ("basic password", "/webhooks/basic", vec![("authorization", basic.as_str()), JSON[0]], b),
         ("basic user", "/webhooks/basic", vec![("authorization", basic_user.as_str()), JSON[0]], b),
         ("bearer opaque", "/webhooks/bearer", vec![("authorization", bearer.as_str()), JSON[0]], b),
