@@ -49,6 +49,10 @@ ip_allow = ["203.0.113.0/24"]
 preset = "generic"
 unauthenticated = true
 max_body_bytes = 1024
+[sources.limited]
+preset = "generic"
+unauthenticated = true
+rate_limit = { per_second = 1, burst = 1 }
 "#;
 
 fn body() -> String {
@@ -153,6 +157,8 @@ async fn drive(client: &Client) -> Vec<(String, u16, Bytes)> {
         ("unsupported type", "/webhooks/open", vec![("content-type", odd_type.as_str())], b),
         ("not found", not_found.as_str(), JSON.to_vec(), b),
         ("unroutable", "/webhooks/open", JSON.to_vec(), b),
+        ("unroutable, limited source", "/webhooks/limited", JSON.to_vec(), b),
+        ("rate limited", "/webhooks/limited", JSON.to_vec(), b),
     ];
     let mut answers = Vec::new();
     for (case, path, headers, body) in cases {
@@ -207,8 +213,10 @@ async fn run(format: &str, rust_log: Option<&str>) -> Vec<String> {
     let run = format!("{format} RUST_LOG={rust_log:?}");
     assert!(returned >= 1.0, "{run}: the broker returned nothing; answers {answers:?}\n{log}");
     assert!(log.contains("delivery refused"), "{run}: the process logged its refusals:\n{log}");
-    let refused: Vec<_> = answers.iter().filter(|(case, s, _)| case != "unroutable" && *s == 200).collect();
+    let refused: Vec<_> = answers.iter().filter(|(case, s, _)| !case.starts_with("unroutable") && *s == 200).collect();
     assert!(refused.is_empty(), "{run}: every refusal path refused: {refused:?}");
+    let limited = answers.iter().find(|(case, ..)| case == "rate limited").map(|(_, s, _)| *s);
+    assert_eq!(limited, Some(429), "{run}: the rate-limit path was taken");
     let mut found = leaks(&format!("{run} log"), &log);
     found.extend(leaks(&format!("{run} metrics"), &metrics));
     for (case, status, body) in &answers {
