@@ -5,6 +5,7 @@
 //! `hookgate check-config` is the effective configuration. Secrets are not resolved here: the stages that use
 //! them resolve them through [`secret::Env`] when they are built, and name the key when that fails.
 
+mod poller;
 pub mod secret;
 mod server;
 mod source;
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use poller::{Poller, DEFAULT_NVP_URL, DEFAULT_SSO_URL};
 pub use server::{
     redact_url, Admin, Broker, Bucket, LogFormat, Logging, RateLimits, Server, Storage, Tls, DEFAULT_BROKER_URL,
 };
@@ -42,9 +44,9 @@ pub struct Config {
     pub logging: Logging,
     #[serde(default)]
     pub sources: BTreeMap<String, Source>,
-    /// InstaMed polling (SPEC §8) is not part of this build; the table is refused with that reason.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pollers: Option<toml::Table>,
+    /// InstaMed polling (SPEC §8).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pollers: BTreeMap<String, Poller>,
 }
 
 /// A configuration mistake: the file, the key and the reason.
@@ -107,9 +109,6 @@ impl Config {
 
     /// Checks rules across fields and fills in preset defaults.
     pub fn validate(mut self) -> Result<Config, ConfigError> {
-        if self.pollers.is_some() {
-            return Err(ConfigError::key("pollers", "InstaMed polling is not available in this build"));
-        }
         self.validate_broker()?;
         self.validate_storage()?;
         self.validate_limits()?;
@@ -129,9 +128,57 @@ impl Config {
                 ));
             }
         }
+        self.validate_pollers(client_ca)?;
         tracing_subscriber::EnvFilter::try_new(&self.logging.level)
             .map_err(|e| ConfigError::key("logging.level", format!("not a valid filter directive: {e}")))?;
         Ok(self)
+    }
+
+    /// Each poller's keys, its `source` (which must exist and use the `instamed` preset) and its `path` (which
+    /// must not collide with a source's or another poller's).
+    fn validate_pollers(&mut self, client_ca: bool) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for (name, poller) in &mut self.pollers {
+            poller.validate(name)?;
+            let key = |k: &str| format!("pollers.{name}.{k}");
+            match self.sources.get(&poller.source) {
+                None => {
+                    return Err(ConfigError::key(
+                        &key("source"),
+                        format!("no source named {:?} is configured", poller.source),
+                    ))
+                }
+                Some(s) if s.preset != Preset::Instamed => {
+                    return Err(ConfigError::key(
+                        &key("source"),
+                        format!("the source {:?} must use preset = \"instamed\" (it is {})", poller.source, s.preset),
+                    ))
+                }
+                Some(_) => {}
+            }
+            let path = poller.path.clone().unwrap_or_default();
+            let token_path = format!("{path}/token");
+            for (source_name, source) in &self.sources {
+                let pattern = crate::router::PathPattern::parse(source.path.as_deref().unwrap_or_default())
+                    .map_err(|r| ConfigError::key(&format!("sources.{source_name}.path"), r))?;
+                if pattern.matches(&path).is_some() || pattern.matches(&token_path).is_some() {
+                    return Err(ConfigError::key(
+                        &key("path"),
+                        format!("{path} collides with the path of source {source_name}"),
+                    ));
+                }
+            }
+            if !seen.insert(path.clone()) {
+                return Err(ConfigError::key(&key("path"), format!("{path} is used by another poller")));
+            }
+            if poller.auth.client_cert.is_some() && !client_ca {
+                return Err(ConfigError::key(
+                    &key("auth.client_cert"),
+                    "needs server.tls.client_ca to verify client certificates",
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_broker(&self) -> Result<(), ConfigError> {

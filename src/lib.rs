@@ -29,6 +29,9 @@
 //! - [`spool`]: the encrypted, crash-safe append-only log of unconfirmed events, and its drainer.
 //! - [`respond`]: the one mapping from outcome to HTTP status and reason phrase.
 //!
+//! Beside the request path: [`poll`] (InstaMed polling: the registration API, durable jobs in the state
+//! database, one delay queue per poller; results enter the pipeline after `parse`, as a webhook's do).
+//!
 //! Cross-cutting: [`config`] (typed, strict, validated), [`source`] (a source built from config, secrets
 //! resolved), [`error`] (classification), [`state`] (the embedded redb database under `storage.data_dir`),
 //! [`metrics`] (every family; the admin listener), [`telemetry`], [`shutdown`], [`reload`] (`SIGHUP`: re-read the
@@ -49,6 +52,7 @@ pub mod normalize;
 pub mod order;
 pub mod parse;
 pub mod pipeline;
+pub mod poll;
 pub mod publish;
 pub mod ratelimit;
 pub mod reload;
@@ -160,20 +164,28 @@ impl App {
             replayed,
         };
         let drain_task = tokio::spawn(drainer.run(after_drain.clone(), false));
+        let pollers = poll::build_all(config, &sources, &*env, &storage.state, &metrics)?;
+        for p in &pollers {
+            let pending = p.load().await.context("cannot read the polling jobs in storage.data_dir")?;
+            tracing::info!(poller = %p.name, source = %p.source.name, path = %p.path, methods = ?p.verifier.methods(), pending, "poller configured");
+        }
         let router = router::Router::new(sources);
         let rate_limits = Arc::new(ratelimit::RateLimits::new(&config.rate_limits, metrics.rate_limiter_keys.clone()));
         metrics.set_ack_timeouts(router.sources().map(|s| (&*s.name, s.ack_timeout)));
         for s in router.sources() {
             tracing::info!(source = %s.name, preset = %s.preset, methods = ?s.verifier.methods(), "source configured");
         }
-        let gateway = Arc::new(Gateway::new(
-            router,
-            sink.clone(),
-            (storage.dedup, storage.order),
-            metrics.clone(),
-            config.server.body_read_timeout.0,
-            rate_limits.clone(),
-        ));
+        let gateway = Arc::new(
+            Gateway::new(
+                router,
+                sink.clone(),
+                (storage.dedup, storage.order),
+                metrics.clone(),
+                config.server.body_read_timeout.0,
+                rate_limits.clone(),
+            )
+            .with_pollers(pollers.clone()),
+        );
         let reloader = reload::Reloader::new(path, env, config.clone(), gateway.clone(), tls.clone(), metrics.clone());
         let ready_sink = sink.clone();
         let readiness =
@@ -216,6 +228,10 @@ impl App {
             after_drain.clone(),
         ));
         readiness.listener_up.store(true, Ordering::Release);
+        let mut tasks = Vec::new();
+        for p in pollers {
+            tasks.push(("poller", tokio::spawn(poll::run(p, gateway.clone(), after_drain.clone()))));
+        }
         let purge_task = tokio::spawn(purge_loop(gateway, after_drain.clone()));
         let prune_task = tokio::spawn(ratelimit::prune_loop(rate_limits, after_drain));
         tracing::info!(public = %public_addr, admin = %admin_addr, tls = config.server.tls.is_some(), "hookgate serving");
@@ -225,14 +241,17 @@ impl App {
             metrics,
             shutdown,
             reloader,
-            tasks: vec![
+            tasks: [
                 ("listener", serve_task),
                 ("publisher", publisher_task),
                 ("spool drainer", drain_task),
                 ("admin", admin_task),
                 ("purge", purge_task),
                 ("rate limiter prune", prune_task),
-            ],
+            ]
+            .into_iter()
+            .chain(tasks)
+            .collect(),
         })
     }
 
@@ -298,6 +317,8 @@ pub struct Storage {
     pub spool: Spool,
     /// Spooled events that turned out unroutable.
     pub parked: Spool,
+    /// The state database (the polling jobs live there too).
+    pub state: State,
 }
 
 impl Storage {
@@ -326,8 +347,8 @@ impl Storage {
         metrics.spool_parked.set(i64::try_from(parked.len()).unwrap_or(i64::MAX));
         metrics.spool_max_bytes.set(i64::try_from(s.spool_max_bytes).unwrap_or(i64::MAX));
         tracing::info!(records = spool.len(), encrypted = spool.encrypted(), shared = shared.is_some(), "storage open");
-        let (dedup, order) = (Dedup::new(state.clone(), shared.clone()), Order::new(state, shared));
-        Ok(Storage { dedup, order, spool, parked })
+        let (dedup, order) = (Dedup::new(state.clone(), shared.clone()), Order::new(state.clone(), shared));
+        Ok(Storage { dedup, order, spool, parked, state })
     }
 }
 

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub spool_max_bytes: IntGauge,
     /// Unix time the process started (the conventional `process_start_time_seconds`): restarts show as changes.
     pub process_start_time: Gauge,
+    /// The InstaMed polling families (`poll/metrics.rs`).
+    pub poll: crate::poll::metrics::PollMetrics,
 }
 
 impl Metrics {
@@ -149,7 +151,9 @@ impl Metrics {
                 .expect("valid gauge");
         registry.register(Box::new(process_start_time.clone())).expect("registered once");
         process_start_time.set(unix_now());
+        let poll = crate::poll::metrics::PollMetrics::register(&registry);
         Metrics {
+            poll,
             spool_max_bytes: gauge("hookgate_spool_max_bytes", "storage.spool_max_bytes: the cap of the spool."),
             spool_events: gauge("hookgate_spool_events", "Events waiting in the spool."),
             spool_bytes: gauge("hookgate_spool_bytes", "Bytes of undrained spool records (against spool_max_bytes)."),

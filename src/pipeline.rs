@@ -55,6 +55,8 @@ pub struct Gateway {
     pub body_read_timeout: Duration,
     /// `[rate_limits]`: per client and global (each source holds its own bucket).
     pub limits: Arc<RateLimits>,
+    /// InstaMed pollers: their registration paths are answered before the sources are routed.
+    pub pollers: Vec<Arc<crate::poll::Poller>>,
     type_labels: Mutex<HashSet<(Arc<str>, String)>>,
 }
 
@@ -75,8 +77,16 @@ impl Gateway {
             metrics,
             body_read_timeout,
             limits,
+            pollers: Vec::new(),
             type_labels: Mutex::default(),
         }
+    }
+
+    /// Adds the pollers whose registration API this gateway answers.
+    #[must_use]
+    pub fn with_pollers(mut self, pollers: Vec<Arc<crate::poll::Poller>>) -> Self {
+        self.pollers = pollers;
+        self
     }
 
     /// Answers one request.
@@ -87,12 +97,19 @@ impl Gateway {
     {
         let started = Instant::now();
         let request_id = next_request_id();
+        let client_ip = peer.client_ip(req.headers());
+        // A poller's registration API: the global and per-client limits apply, then its own auth (`poll/register.rs`).
+        if let Some((poller, token)) = self.pollers.iter().find_map(|p| p.route(req.uri().path()).map(|t| (p, t))) {
+            if let Err(limited) = self.limits.check(client_ip, None) {
+                return self.finish(None, request_id, None, started, Err(limited.into()));
+            }
+            return crate::poll::register::handle(poller, req, peer, token, self.body_read_timeout).await;
+        }
         let route = self.router.load().route(req.method(), req.uri().path());
         let routed = match &route {
             Route::Matched { source, .. } | Route::MethodNotAllowed { source } => Some(source.as_ref()),
             Route::NotFound => None,
         };
-        let client_ip = peer.client_ip(req.headers());
         if let Err(limited) = self.limits.check(client_ip, routed.and_then(|s| s.rate_limit.as_ref())) {
             return self.finish(routed, request_id, None, started, Err(limited.into()));
         }
@@ -144,10 +161,47 @@ impl Gateway {
         unverified.body = read_body(body, content_length, source.max_body_bytes, body_until).await?;
         let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
         let (format, payload) = parse_body(&request)?;
-        let params_query = (params, query_pairs(request.parts().uri.query()));
-        let (content_type, body) = published_body(&request, format, &params_query);
-        let meta = normalize(source, &request, &payload, &params_query, &body);
-        let mut event = build_event(source, meta, content_type, body);
+        let (params, query) = (params, query_pairs(request.parts().uri.query()));
+        let (content_type, body) = published_body(&request, format, &params, &query);
+        let signed = signed_only(source, &request);
+        let parsed = match &signed {
+            None => Parsed { payload: &payload, params: &params, query: &query, headers: &request.parts().headers },
+            Some(headers) => Parsed { payload: &payload, params: &[], query: &[], headers },
+        };
+        self.ingest(source, parsed, (content_type, body), deadline, event_id).await
+    }
+
+    /// normalize → dedup claim → order check → store → dedup done: the one path of every event after parse —
+    /// a webhook's, and a polling job's receipt (`poll/schedule.rs`).
+    ///
+    /// # Errors
+    /// The event is not durable (and its dedup claim is released), or another copy is being stored.
+    pub async fn ingest(
+        &self,
+        source: &Source,
+        parsed: Parsed<'_>,
+        (content_type, body): (String, Bytes),
+        deadline: Instant,
+        event_id: &mut Option<String>,
+    ) -> Result<Stored, PipelineError> {
+        let fields =
+            Fields { payload: parsed.payload, params: parsed.params, query: parsed.query, headers: parsed.headers };
+        let meta = source.rules.extract(&fields, &body);
+        self.ingest_event(source, build_event(source, meta, content_type, body), deadline, event_id).await
+    }
+
+    /// dedup claim → order check → store → dedup done, for an event whose metadata is already known (the
+    /// `sso.*` events a poller raises itself, which carry no provider payload to normalize).
+    ///
+    /// # Errors
+    /// As [`Gateway::ingest`].
+    pub async fn ingest_event(
+        &self,
+        source: &Source,
+        mut event: Event,
+        deadline: Instant,
+        event_id: &mut Option<String>,
+    ) -> Result<Stored, PipelineError> {
         *event_id = Some(event.id.clone());
         let guard = match self.dedup.claim(&source.name, &event.id, source.ack_timeout + CLAIM_GRACE, deadline).await {
             Claim::Duplicate => {
@@ -273,7 +327,7 @@ fn next_request_id() -> u64 {
 /// The declared body length. RFC 9112 §6.3 framing is hyper's: with both `Content-Length` and `Transfer-Encoding`
 /// it drops the `Content-Length` before the request gets here, reads the chunks and closes the connection after
 /// the answer (`docs/http-answers.md`; tested on the wire).
-fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, PipelineError> {
+pub(crate) fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, PipelineError> {
     match headers.get(header::CONTENT_LENGTH) {
         None => Ok(None),
         Some(v) => v.to_str().ok().and_then(|s| s.trim().parse().ok()).map(Some).ok_or(PipelineError::BadFraming),
@@ -294,41 +348,50 @@ fn parse_body(request: &Authenticated) -> Result<(Format, Payload), PipelineErro
     Ok((format, parse::parse(format, request.body())?))
 }
 
-type ParamsQuery = (Vec<(String, String)>, Vec<(String, String)>);
+/// What normalization reads of a parsed delivery: the payload's fields, then path and query parameters, then
+/// the request headers.
+pub struct Parsed<'a> {
+    pub payload: &'a Payload,
+    pub params: &'a [(String, String)],
+    pub query: &'a [(String, String)],
+    pub headers: &'a http::HeaderMap,
+}
 
-/// Event fields from the delivery. On an `hmac` source only from signed input: the body and the headers the
-/// scheme signs, never the path or the query (a captured body replayed to another path stays the same event).
-fn normalize(source: &Source, request: &Authenticated, payload: &Payload, pq: &ParamsQuery, body: &[u8]) -> EventMeta {
+/// The headers normalization may read. On an `hmac` source only the ones the scheme signs (and, by the caller,
+/// no path or query parameters): a captured body replayed to another path stays the same event.
+fn signed_only(source: &Source, request: &Authenticated) -> Option<http::HeaderMap> {
     let all = &request.parts().headers;
-    let Some(signed) = source.verifier.signed_headers() else {
-        let fields = Fields { payload, params: &pq.0, query: &pq.1, headers: all };
-        return source.rules.extract(&fields, body);
-    };
+    let signed = source.verifier.signed_headers()?;
     let mut headers = http::HeaderMap::new();
     for name in signed {
         if let Some(value) = all.get(name) {
             headers.insert(name.clone(), value.clone());
         }
     }
-    source.rules.extract(&Fields { payload, params: &[], query: &[], headers: &headers }, body)
+    Some(headers)
 }
 
 /// What is published: the provider's bytes with the request's content type, or, for a body-less delivery, a JSON
 /// object of its path and query parameters.
-fn published_body(request: &Authenticated, format: Format, pq: &ParamsQuery) -> (String, Bytes) {
+fn published_body(
+    request: &Authenticated,
+    format: Format,
+    params: &[(String, String)],
+    query: &[(String, String)],
+) -> (String, Bytes) {
     if format != Format::Empty {
         let ct = request.parts().headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         return (ct.to_string(), request.body().clone());
     }
     let mut map = serde_json::Map::new();
-    for (k, v) in pq.0.iter().chain(pq.1.iter()) {
+    for (k, v) in params.iter().chain(query.iter()) {
         map.entry(k.clone()).or_insert_with(|| serde_json::Value::String(v.clone()));
     }
     let json = serde_json::to_vec(&serde_json::Value::Object(map)).unwrap_or_else(|_| b"{}".to_vec());
     ("application/json".to_string(), Bytes::from(json))
 }
 
-fn build_event(source: &Source, meta: EventMeta, content_type: String, body: Bytes) -> Event {
+pub fn build_event(source: &Source, meta: EventMeta, content_type: String, body: Bytes) -> Event {
     Event {
         source: source.name.clone(),
         id: meta.id,

@@ -208,6 +208,8 @@ pub fn restart_only(running: &Config, new: &Config) -> Vec<String> {
     changed("storage", &running.storage, &new.storage, &mut keys);
     changed("rate_limits", &running.rate_limits, &new.rate_limits, &mut keys);
     changed("logging", &running.logging, &new.logging, &mut keys);
+    // A poller keeps its jobs, queue, client and source until a restart.
+    changed("pollers", &running.pollers, &new.pollers, &mut keys);
     keys
 }
 

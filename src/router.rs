@@ -63,6 +63,11 @@ impl PathPattern {
         parts.next().is_none().then_some(params)
     }
 
+    /// Whether every segment is a literal (no `{name}` parameter).
+    pub fn is_literal(&self) -> bool {
+        self.segments.iter().all(|s| matches!(s, Segment::Literal(_)))
+    }
+
     /// Literal segments count more than parameters, so `/a/b` wins over `/a/{x}`.
     fn specificity(&self) -> usize {
         self.segments.iter().filter(|s| matches!(s, Segment::Literal(_))).count()

@@ -1,12 +1,12 @@
-//! The embedded state database (`<data_dir>/state.redb`, redb): the dedup index and the per-subject order
-//! state. The spool is not in here: it is its own append-only log (see `docs/architecture.md`, "Storage").
+//! The embedded state database (`<data_dir>/state.redb`, redb): the dedup index, the per-subject order
+//! state and the polling jobs. The spool is not in here: it is its own append-only log (see `docs/architecture.md`, "Storage").
 //!
 //! # Invariants
 //!
 //! - Every write goes through one writer thread that commits batches: all writes waiting when a commit starts
 //!   share it (group commit) and each commit is fsynced (`Durability::Immediate`) before any waiter is told.
-//! - Tables: `dedup` (key → expiry, ms since the epoch), `order` (key → (max time ms, max rank, expiry ms)) and
-//!   `expiry` ((expiry ms, table tag + key) → ()), the index the purge walks instead of scanning the tables.
+//! - Tables: `dedup` (key → expiry, ms since the epoch), `order` (key → (max time ms, max rank, expiry ms)),
+//!   `poll_jobs` (`<poller>\u{1f}<token>` → (expiry ms, the job record: JSON, see `poll/job.rs`)) and `expiry` ((expiry ms, table tag + key) → ()), the index the purge walks instead of scanning the tables.
 //! - Keys are `<source>\u{1f}<id or subject>`; the unit separator cannot appear in a source name.
 //! - No tokio worker touches the file: writes go to the writer thread over a bounded channel, and the request
 //!   path reads through [`State::lookup_done`] / [`State::lookup_order`] (`spawn_blocking`). redb takes no lock
@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
 const ORDER: TableDefinition<&str, (i64, u8, u64)> = TableDefinition::new("order");
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
+const POLL_JOBS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("poll_jobs");
 /// Writes queued for the writer before senders wait (backpressure, bounded memory).
 const QUEUE: usize = 4096;
 /// Most writes in one commit.
@@ -42,6 +43,8 @@ pub enum Op {
     Done { key: String, expires_ms: u64 },
     /// The latest (time, rank) seen for a subject, kept until `expires_ms`.
     Order { key: String, time_ms: i64, rank: u8, expires_ms: u64 },
+    /// A polling job's record, kept until `expires_ms` (a later write of the same key replaces it).
+    PollJob { key: String, record: Vec<u8>, expires_ms: u64 },
     /// Drops entries that expired before `now_ms`.
     Purge { now_ms: u64 },
 }
@@ -70,6 +73,7 @@ impl State {
         txn.open_table(DEDUP).map_err(err)?;
         txn.open_table(ORDER).map_err(err)?;
         txn.open_table(EXPIRY).map_err(err)?;
+        txn.open_table(POLL_JOBS).map_err(err)?;
         txn.commit().map_err(err)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_db = db.clone();
@@ -129,6 +133,34 @@ impl State {
         let table = txn.open_table(ORDER).map_err(err)?;
         Ok(table.get(key).map_err(err)?.map(|v| v.value()))
     }
+
+    /// The record of one polling job.
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn poll_job(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(POLL_JOBS).map_err(err)?;
+        Ok(table.get(key).map_err(err)?.map(|v| v.value().1.to_vec()))
+    }
+
+    /// Every polling job whose key starts with `prefix`, as (key, record).
+    ///
+    /// # Errors
+    /// The read failed.
+    pub fn poll_jobs(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(POLL_JOBS).map_err(err)?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..).map_err(err)? {
+            let (k, v) = entry.map_err(err)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_string(), v.value().1.to_vec()));
+        }
+        Ok(out)
+    }
 }
 
 /// Opens the file; a database still held by a writer thread that is stopping is waited for briefly.
@@ -176,6 +208,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
         let mut dedup = txn.open_table(DEDUP).map_err(err)?;
         let mut order = txn.open_table(ORDER).map_err(err)?;
         let mut expiry = txn.open_table(EXPIRY).map_err(err)?;
+        let mut jobs = txn.open_table(POLL_JOBS).map_err(err)?;
         for op in ops {
             match op {
                 Op::Done { key, expires_ms } => {
@@ -186,7 +219,11 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                     order.insert(key.as_str(), (*time_ms, *rank, *expires_ms)).map_err(err)?;
                     expiry.insert((*expires_ms, format!("o{key}").as_str()), ()).map_err(err)?;
                 }
-                Op::Purge { now_ms } => purge(&mut dedup, &mut order, &mut expiry, *now_ms)?,
+                Op::PollJob { key, record, expires_ms } => {
+                    jobs.insert(key.as_str(), (*expires_ms, record.as_slice())).map_err(err)?;
+                    expiry.insert((*expires_ms, format!("p{key}").as_str()), ()).map_err(err)?;
+                }
+                Op::Purge { now_ms } => purge(&mut dedup, &mut order, &mut jobs, &mut expiry, *now_ms)?,
             }
         }
     }
@@ -198,6 +235,7 @@ type Table<'t, K, V> = redb::Table<'t, K, V>;
 fn purge(
     dedup: &mut Table<&str, u64>,
     order: &mut Table<&str, (i64, u8, u64)>,
+    jobs: &mut Table<&str, (u64, &[u8])>,
     expiry: &mut Table<(u64, &str), ()>,
     now_ms: u64,
 ) -> Result<(), StateError> {
@@ -215,6 +253,8 @@ fn purge(
             dedup.remove(key).map_err(err)?;
         } else if tagged.starts_with('o') && order.get(key).map_err(err)?.is_some_and(|v| v.value().2 <= now_ms) {
             order.remove(key).map_err(err)?;
+        } else if tagged.starts_with('p') && jobs.get(key).map_err(err)?.is_some_and(|v| v.value().0 <= now_ms) {
+            jobs.remove(key).map_err(err)?;
         }
     }
     Ok(())
@@ -247,5 +287,27 @@ mod tests {
         assert_eq!(s.done_until("a\u{1f}2").unwrap(), None);
         assert_eq!(s.order_of("a\u{1f}tx").unwrap(), None);
         assert!(s.done_until("a\u{1f}1").unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn poll_jobs_are_listed_by_poller_and_purged_after_their_last_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let now = now_ms();
+        let job =
+            |key: &str, record: &[u8], expires_ms| Op::PollJob { key: key.into(), record: record.to_vec(), expires_ms };
+        s.write(vec![
+            job("p\u{1f}t1", b"one", now - 1),
+            job("p\u{1f}t2", b"two", now + 60_000),
+            job("q\u{1f}t", b"q", now - 5),
+        ])
+        .await
+        .unwrap();
+        // Written again with a later expiry: the old index entry must not purge it.
+        s.write(vec![job("p\u{1f}t1", b"one again", now + 60_000)]).await.unwrap();
+        s.write(vec![Op::Purge { now_ms: now }]).await.unwrap();
+        let listed = s.poll_jobs("p\u{1f}").unwrap();
+        assert_eq!(listed, vec![("p\u{1f}t1".into(), b"one again".to_vec()), ("p\u{1f}t2".into(), b"two".to_vec())]);
+        assert_eq!(s.poll_job("q\u{1f}t").unwrap(), None);
     }
 }

@@ -22,6 +22,11 @@ fn the_example_parses_and_validates() {
     assert_eq!(cfg.sources["billing"].path.as_deref(), Some("/webhooks/billing"));
     assert_eq!(tyro.rate_limit.map(|b| (b.per_second, b.burst)), Some((500, 1000)));
     assert_eq!(cfg.rate_limits.max_clients, 100_000);
+    let poller = &cfg.pollers["instamed"];
+    assert_eq!(
+        (poller.interval, poller.token_ttl, poller.source.as_str()),
+        (Dur::secs(10), Dur::secs(900), "instamed")
+    );
 }
 
 #[test]
@@ -72,7 +77,7 @@ fn each_kind_of_mistake_is_explained() {
         ("[server]\nlisten = \"nowhere\"\n", "server.listen"),
         ("[broker]\nurl = \"http://x\"\n", "`broker.url`: must start with amqp://"),
         ("", "`sources`: no source is configured"),
-        ("[pollers.instamed]\nsource = \"a\"\n", "`pollers`"),
+        ("[pollers.instamed]\nsource = \"a\"\n", "missing field `account_id`"),
         ("[logging]\nlevel = \"[[\"\n", "`logging.level`"),
         ("[rate_limits]\nmax_clients = 0\n", "`rate_limits.max_clients`: must be between 1"),
         ("[rate_limits]\nper_client = { per_second = 0, burst = 1 }\n", "`rate_limits.per_client`"),
@@ -225,4 +230,59 @@ fn type_errors_name_the_key_and_file_never_the_value() {
         assert!(e.contains(key) && e.contains(&path.display().to_string()), "{key}: names key and file: {e}");
         assert!(e.contains("line "), "{key}: names the line: {e}");
     }
+}
+
+const IM_SOURCE: &str = "[sources.im]\npreset = \"instamed\"\nunauthenticated = true\n";
+
+fn poller(extra: &str) -> String {
+    format!(
+        "{IM_SOURCE}[pollers.p]\nsource = \"im\"\naccount_id = \"acct\"\nalias = \"al\"\npassword_env = \"PW\"\n\
+         merchant_id = \"6011000551245\"\nstore_id = \"001\"\nterminal_id = \"002\"\nunauthenticated = true\n{extra}"
+    )
+}
+
+#[test]
+fn poller_defaults_match_the_spec() {
+    let cfg = Config::parse(&poller("")).and_then(Config::validate).unwrap();
+    let p = &cfg.pollers["p"];
+    assert_eq!(p.path.as_deref(), Some("/poll/p"));
+    assert_eq!((p.interval, p.token_ttl, p.request_timeout), (Dur::secs(10), Dur::secs(900), Dur::secs(10)));
+    assert_eq!(p.sso_url, DEFAULT_SSO_URL);
+    assert_eq!(p.nvp_url, DEFAULT_NVP_URL);
+    assert_eq!((p.max_in_flight, p.max_jobs), (16, 100_000));
+    let shown = cfg.to_redacted_toml();
+    assert!(shown.contains("[pollers.p]") && shown.contains("interval = \"10s\""), "{shown}");
+}
+
+#[test]
+fn poller_mistakes_name_the_key() {
+    let cases = [
+        ("source = \"nope\"\n", "`pollers.p.source`: no source named \"nope\""),
+        ("path = \"/webhooks/im\"\n", "`pollers.p.path`: /webhooks/im collides with the path of source im"),
+        ("path = \"/poll/{x}\"\n", "`pollers.p.path`: must be a literal path"),
+        ("sso_url = \"ftp://x\"\n", "`pollers.p.sso_url`"),
+        ("password = \"inline\"\n", "`pollers.p.password`: give exactly one of"),
+        ("interval = \"1ms\"\n", "`pollers.p.interval`"),
+        ("token_ttl = \"1s\"\n", "`pollers.p.token_ttl`: must be at least `interval`"),
+        ("max_in_flight = 0\n", "`pollers.p.max_in_flight`"),
+        ("unknown = 1\n", "unknown field `unknown`"),
+    ];
+    for (extra, expected) in cases {
+        let text =
+            poller("").replace("source = \"im\"\n", "").replacen("[pollers.p]\n", &format!("[pollers.p]\n{extra}"), 1);
+        let text = if extra.starts_with("source") {
+            text
+        } else {
+            text.replacen("[pollers.p]\n", "[pollers.p]\nsource = \"im\"\n", 1)
+        };
+        let e = err(&text);
+        assert!(e.contains(expected), "{extra:?}: {e}");
+    }
+    let generic = poller("").replace("preset = \"instamed\"", "preset = \"generic\"");
+    assert!(err(&generic).contains("must use preset = \"instamed\""), "{}", err(&generic));
+    let full = poller("");
+    let no_auth = full.strip_suffix("unauthenticated = true\n").unwrap();
+    assert!(err(no_auth).contains("`pollers.p.auth`: no authentication method"), "{}", err(no_auth));
+    let two = format!("{}[pollers.q]\nsource = \"im\"\npath = \"/poll/p\"\naccount_id = \"a\"\nalias = \"a\"\npassword = \"x\"\nmerchant_id = \"m\"\nstore_id = \"s\"\nterminal_id = \"t\"\nunauthenticated = true\n", poller(""));
+    assert!(err(&two).contains("is used by another poller"), "{}", err(&two));
 }

@@ -11,6 +11,7 @@ mod dedup;
 mod hardening;
 mod ingest;
 mod listener;
+mod poll;
 mod ratelimit;
 mod reload;
 mod shared;

@@ -1,0 +1,66 @@
+//! The registration API: 202 once durable, one job per token, 400/401/404/405/413 answers, job state as JSON.
+
+use super::{basic, jobs, register, start, svc_auth, token, Fake, Reply};
+
+#[tokio::test]
+async fn registration_answers() {
+    let fake = Fake::start().await;
+    let gw = start(&fake, "token_ttl = \"60s\"\ninterval = \"1s\"").await;
+    let t = token();
+    fake.script(&t, vec![Reply::Status("NEW")]);
+
+    let r = register(&gw, &t).await;
+    assert_eq!((r.status, r.reason.as_str()), (202, "Accepted"));
+    let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(json["state"], "pending");
+    assert!(json["registered_at"].as_str().is_some_and(|s| s.ends_with('Z')), "{json}");
+    assert!(!String::from_utf8_lossy(&r.body).contains(&t), "the answer never echoes the token");
+    // The same token again: the same job.
+    let again = register(&gw, &t).await;
+    assert_eq!(again.status, 202);
+    let again: serde_json::Value = serde_json::from_slice(&again.body).unwrap();
+    assert_eq!(again["registered_at"], json["registered_at"]);
+    assert_eq!(gw.metric(&jobs("pending")).await, 1.0);
+
+    let state = super::wait_state(&gw, &t, "pending").await;
+    assert!(state["attempts"].as_u64().is_some(), "attempts is a number: {state}");
+
+    let auth = svc_auth();
+    let json_ct = ("content-type", "application/json");
+    for (body, why) in [
+        (b"{not json".to_vec(), "bad JSON"),
+        (br#"{"tok":"abc"}"#.to_vec(), "no token"),
+        (br#"{"token":""}"#.to_vec(), "empty token"),
+        (br#"{"token":42}"#.to_vec(), "token not a string"),
+        (format!(r#"{{"token":"{}"}}"#, "A".repeat(257)).into_bytes(), "oversized token"),
+        (br#"{"token":"has space"}"#.to_vec(), "bad characters"),
+    ] {
+        let r = gw.post("/poll/instamed", &[json_ct, ("authorization", &auth)], &body).await;
+        assert_eq!((r.status, r.reason.as_str()), (400, "Malformed Body"), "{why}");
+    }
+    let big = format!(r#"{{"token":"x","pad":"{}"}}"#, "p".repeat(5000));
+    let r = gw.post("/poll/instamed", &[json_ct, ("authorization", &auth)], big.as_bytes()).await;
+    assert_eq!(r.status, 413);
+
+    let body = br#"{"token":"Zm9vYmFy"}"#;
+    let r = gw.post("/poll/instamed", &[json_ct], body).await;
+    assert_eq!((r.status, r.reason.as_str()), (401, "Unauthorized"));
+    assert!(r.headers.get("www-authenticate").is_some_and(|v| v.to_str().unwrap().starts_with("Basic")));
+    let wrong = basic(super::SVC_USER, "wrong");
+    let r = gw.post("/poll/instamed", &[json_ct, ("authorization", &wrong)], body).await;
+    assert_eq!(r.status, 401);
+    // The webhook's credentials are not the registration's.
+    let im = basic("instamed", super::INSTAMED_PASSWORD);
+    assert_eq!(gw.post("/poll/instamed", &[json_ct, ("authorization", &im)], body).await.status, 401);
+    let r = gw.request("GET", &format!("/poll/instamed/{t}"), &[], b"").await;
+    assert_eq!(r.status, 401, "reading a job needs credentials too");
+    assert_eq!(gw.metric("hookgate_auth_failures_total{method=\"basic\",source=\"instamed\"}").await, 4.0);
+
+    let (status, _) = super::job(&gw, "Zm9vYmFy").await;
+    assert_eq!(status, 404, "never registered");
+    let r = gw.request("PUT", "/poll/instamed", &[("authorization", &auth)], b"{}").await;
+    assert_eq!((r.status, r.headers.get("allow").map(|v| v.to_str().unwrap().to_string())), (405, Some("POST".into())));
+    assert_eq!(gw.metric(&jobs("pending")).await, 1.0, "refused registrations make no job");
+    assert!(fake.soap_calls("Zm9vYmFy").is_empty());
+    gw.stop().await;
+}
