@@ -227,9 +227,10 @@ def certs(tmp):
 def main():
     p = subprocess.run([HELM, "lint", "--strict", CHART], capture_output=True, text=True)
     ok(p.returncode == 0, f"helm lint --strict:\n{p.stdout}{p.stderr}")
-    p = subprocess.run([HELM, "lint", "--strict", CHART, "-f", os.path.join(CHART, "ci", "all-on-values.yaml")], capture_output=True, text=True)
-    ok(p.returncode == 0, f"helm lint --strict (all on):\n{p.stdout}{p.stderr}")
-    print("helm lint --strict: ok (default, all on)")
+    for values in sorted(os.listdir(os.path.join(CHART, "ci"))):
+        p = subprocess.run([HELM, "lint", "--strict", CHART, "-f", os.path.join(CHART, "ci", values)], capture_output=True, text=True)
+        ok(p.returncode == 0, f"helm lint --strict -f ci/{values}:\n{p.stdout}{p.stderr}")
+    print("helm lint --strict: ok (default values and every ci/*-values.yaml)")
     check_runbooks()
     print("every alert's runbook_url is a heading of docs/operations.md")
 
