@@ -30,6 +30,8 @@ use crate::pipeline::{Gateway, Parsed};
 use crate::respond::Stored;
 use crate::state::{now_ms, Op};
 
+/// A pending job's record is written at least every this many attempts.
+const PERSIST_EVERY: u32 = 10;
 /// Longest back-off, in intervals.
 const MAX_BACKOFF_INTERVALS: u32 = 8;
 /// How often finished jobs are recounted for `hookgate_poll_jobs`.
@@ -55,6 +57,7 @@ pub async fn run(poller: Arc<Poller>, gateway: Arc<Gateway>, shutdown: Cancellat
             () = sleep => {}
         }
         while let Some(token) = pop_due(&poller, Instant::now()) {
+            while attempts.try_join_next().is_some() {}
             let permit = tokio::select! {
                 p = poller.in_flight.clone().acquire_owned() => match p {
                     Ok(p) => p,
@@ -91,12 +94,17 @@ enum Next {
 
 async fn attempt(poller: &Poller, gateway: &Gateway, token: &str) {
     let Some(mut job) = poller.pending(token) else { return };
+    let before = (job.last_status.clone(), job.last_error.clone());
     let life_end_ms = job.registered_ms.saturating_add(poller.ttl_ms());
     let next = step(poller, gateway, &mut job, life_end_ms).await;
     job.updated_ms = now_ms();
     match next {
         Next::Again(due) => {
-            poller.state.write_later(vec![record(poller, &job)]);
+            // The stored record is advisory while pending (the queue holds the live one, which `GET` reads):
+            // written when what it says changes, and every few attempts for the counters.
+            if before != (job.last_status.clone(), job.last_error.clone()) || job.attempts % PERSIST_EVERY == 0 {
+                poller.state.write_later(vec![record(poller, &job)]);
+            }
             if let Some(slot) = poller.lock().jobs.get_mut(token) {
                 slot.job = job;
             }

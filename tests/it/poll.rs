@@ -2,6 +2,7 @@
 //! NVP endpoints over real HTTP (`poll/fake.rs`). Intervals and lives are short (100 ms / a few seconds).
 
 mod fake;
+mod load;
 mod outcomes;
 mod register;
 mod restart;

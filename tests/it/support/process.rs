@@ -107,6 +107,11 @@ impl Proc {
         format!("{}{}", read(&self.log), read(&self.log.with_extension("err")))
     }
 
+    /// The process id (to read its CPU time and memory from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no drain, no flush, nothing.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
