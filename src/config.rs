@@ -120,6 +120,7 @@ impl Config {
         let publish_timeout = self.broker.publish_timeout.0;
         for (name, source) in &mut self.sources {
             validate_source(name, source, client_ca, publish_timeout)?;
+            validate_body_cap(name, source.max_body_bytes, self.server.max_inflight_body_bytes)?;
             let path = source.path.clone().unwrap_or_default();
             if !paths.insert(path.clone()) {
                 return Err(ConfigError::key(
@@ -235,10 +236,17 @@ impl Config {
         if s.max_header_bytes < 1024 {
             return Err(ConfigError::key("server.max_header_bytes", "must be at least 1024"));
         }
+        if s.http2_max_concurrent_streams == 0 {
+            return Err(ConfigError::key("server.http2_max_concurrent_streams", "must be at least 1"));
+        }
+        if s.max_inflight_body_bytes < 65_536 {
+            return Err(ConfigError::key("server.max_inflight_body_bytes", "must be at least 65536"));
+        }
         for (key, d) in [
             ("server.tls_handshake_timeout", s.tls_handshake_timeout),
             ("server.header_read_timeout", s.header_read_timeout),
             ("server.body_read_timeout", s.body_read_timeout),
+            ("server.idle_timeout", s.idle_timeout),
             ("server.drain_timeout", s.drain_timeout),
         ] {
             if d.0.is_zero() {
@@ -276,6 +284,26 @@ impl Config {
 fn validate_bucket(key: &str, b: Bucket) -> Result<(), ConfigError> {
     if b.per_second == 0 || b.burst == 0 {
         return Err(ConfigError::key(key, "per_second and burst must both be at least 1"));
+    }
+    Ok(())
+}
+
+/// A source's `max_body_bytes` must fit in one spool record and in the in-flight budget, or a body of that size
+/// could be accepted but never stored (or never read).
+fn validate_body_cap(name: &str, max_body_bytes: u64, inflight: u64) -> Result<(), ConfigError> {
+    let key = format!("sources.{name}.max_body_bytes");
+    let record = crate::spool::format::MAX_BODY_BYTES;
+    if max_body_bytes > record {
+        return Err(ConfigError::key(
+            &key,
+            format!("{max_body_bytes} is larger than a spool record can hold ({record} bytes)"),
+        ));
+    }
+    if max_body_bytes > inflight {
+        return Err(ConfigError::key(
+            &key,
+            format!("{max_body_bytes} is larger than server.max_inflight_body_bytes ({inflight})"),
+        ));
     }
     Ok(())
 }

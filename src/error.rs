@@ -34,6 +34,10 @@ pub enum PipelineError {
     BadFraming,
     #[error("could not read the request body")]
     BodyRead,
+    #[error("request headers over server.max_header_bytes")]
+    HeadersTooLarge,
+    #[error("request bodies in flight over server.max_inflight_body_bytes")]
+    Overloaded,
     #[error(transparent)]
     Parse(#[from] ParseError),
     #[error(transparent)]
@@ -80,6 +84,7 @@ impl PipelineError {
             PipelineError::Unavailable(_)
             | PipelineError::Deadline
             | PipelineError::InFlight
+            | PipelineError::Overloaded
             | PipelineError::Spool(_)
             | PipelineError::DedupUnavailable => Class::Unavailable,
             PipelineError::StoreTaskFailed => Class::Internal,
@@ -95,6 +100,8 @@ impl PipelineError {
             PipelineError::TooLarge => "too_large",
             PipelineError::BodyTimeout => "timeout",
             PipelineError::BadFraming | PipelineError::BodyRead => "malformed",
+            PipelineError::HeadersTooLarge => "headers_too_large",
+            PipelineError::Overloaded => "overloaded",
             PipelineError::Parse(ParseError::UnsupportedMediaType) => "unsupported_media_type",
             PipelineError::Parse(ParseError::Malformed(..)) => "malformed",
             PipelineError::Auth(AuthError::Unauthorized { .. }) => "auth",

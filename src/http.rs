@@ -1,23 +1,26 @@
-//! The hyper service of one connection: hands each request to the pipeline with the connection's peer, and
-//! reads bodies under the source's byte cap and time limit.
+//! The hyper service of one connection: hands each request to the pipeline with the connection's peer; the
+//! header cap; and body reading under the source's byte cap, its time limit and the global in-flight budget.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request, Response};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::auth::Peer;
 use crate::error::PipelineError;
+use crate::listener::Activity;
 use crate::pipeline::Gateway;
 
-/// The service for one connection.
+/// The service for one connection; each request is marked in flight on `activity` until it is answered.
 pub fn service(
     gateway: Arc<Gateway>,
     peer: Peer,
+    activity: Arc<Activity>,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<Full<Bytes>>,
@@ -25,22 +28,84 @@ pub fn service(
     Future = impl std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send,
 > + Clone {
     hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (gateway, peer) = (gateway.clone(), peer.clone());
-        async move { Ok::<_, Infallible>(gateway.handle(req, peer).await) }
+        let (gateway, peer, busy) = (gateway.clone(), peer.clone(), activity.begin());
+        async move {
+            let resp = gateway.handle(req, peer).await;
+            drop(busy);
+            Ok::<_, Infallible>(resp)
+        }
     })
 }
 
-/// Reads a whole body: at most `max` bytes (checked on `Content-Length` first, then while streaming) and
-/// finished by `until`.
+/// `server.max_header_bytes`: the names and values of all request headers together. hyper bounds the raw head
+/// (HTTP/1.1) and the header list (HTTP/2) a little above this, so the exact count is here.
 ///
 /// # Errors
-/// [`PipelineError::TooLarge`], [`PipelineError::BodyTimeout`] or [`PipelineError::BodyRead`].
+/// [`PipelineError::HeadersTooLarge`].
+pub fn check_header_bytes(headers: &HeaderMap, max: usize) -> Result<(), PipelineError> {
+    let total: usize = headers.iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    if total > max {
+        return Err(PipelineError::HeadersTooLarge);
+    }
+    Ok(())
+}
+
+// === impl BodyBudget ===
+
+/// `server.max_inflight_body_bytes`: request-body bytes held at once by every request together, taken as a
+/// `Content-Length` is announced or as chunks arrive, and given back when the request is answered.
+#[derive(Clone, Debug)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+}
+
+/// The body bytes one request holds; returned to the budget on drop.
+#[derive(Debug, Default)]
+pub struct BodyPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    bytes: u64,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: u64) -> BodyBudget {
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        BodyBudget { bytes: Arc::new(Semaphore::new(bytes)) }
+    }
+
+    /// Bytes not held by any request now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    /// Grows `held` to `total` bytes, at once or not at all.
+    fn hold(&self, held: &mut BodyPermit, total: u64) -> Result<(), PipelineError> {
+        let Some(more) = total.checked_sub(held.bytes).filter(|n| *n > 0) else {
+            return Ok(());
+        };
+        let more = u32::try_from(more).map_err(|_| PipelineError::Overloaded)?;
+        let permit = self.bytes.clone().try_acquire_many_owned(more).map_err(|_| PipelineError::Overloaded)?;
+        match &mut held.permit {
+            Some(p) => p.merge(permit),
+            None => held.permit = Some(permit),
+        }
+        held.bytes = total;
+        Ok(())
+    }
+}
+
+/// Reads a whole body: at most `max` bytes (checked on `Content-Length` first, then while streaming), finished
+/// by `until`, each byte held in `budget` (a declared `Content-Length` at once) until the permit is dropped.
+///
+/// # Errors
+/// [`PipelineError::TooLarge`], [`PipelineError::Overloaded`], [`PipelineError::BodyTimeout`] or
+/// [`PipelineError::BodyRead`].
 pub async fn read_body<B>(
     body: B,
     content_length: Option<u64>,
     max: u64,
     until: Instant,
-) -> Result<Bytes, PipelineError>
+    budget: &BodyBudget,
+) -> Result<(Bytes, BodyPermit), PipelineError>
 where
     B: hyper::body::Body<Data = Bytes>,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -48,11 +113,69 @@ where
     if content_length.is_some_and(|n| n > max) {
         return Err(PipelineError::TooLarge);
     }
-    let limited = Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX));
-    match tokio::time::timeout_at(until, limited.collect()).await {
+    let mut held = BodyPermit::default();
+    budget.hold(&mut held, content_length.unwrap_or(0))?;
+    let capacity = usize::try_from(content_length.unwrap_or(0)).unwrap_or(0);
+    let mut buf = BytesMut::with_capacity(capacity);
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| PipelineError::BodyRead)?.into_data() else { continue };
+            let total = (buf.len() + data.len()) as u64;
+            if total > max {
+                return Err(PipelineError::TooLarge);
+            }
+            budget.hold(&mut held, total)?;
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout_at(until, read).await {
         Err(_) => Err(PipelineError::BodyTimeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(PipelineError::TooLarge),
-        Ok(Err(_)) => Err(PipelineError::BodyRead),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) => Ok((buf.freeze(), held)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(chunks: &[&'static [u8]]) -> impl hyper::body::Body<Data = Bytes, Error = Infallible> {
+        let frames = chunks.iter().map(|c| Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(c))));
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames.collect::<Vec<_>>()))
+    }
+
+    fn later() -> Instant {
+        Instant::now() + std::time::Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn bodies_hold_the_budget_until_answered_and_past_it_are_refused() {
+        let budget = BodyBudget::new(10);
+        let (a, held) = read_body(body(&[b"abc", b"def"]), None, 100, later(), &budget).await.unwrap();
+        assert_eq!((&a[..], budget.available()), (&b"abcdef"[..], 4));
+        // Declared: refused before a byte is read.
+        let e = read_body(body(&[b"12345"]), Some(5), 100, later(), &budget).await.unwrap_err();
+        assert!(matches!(e, PipelineError::Overloaded), "{e:?}");
+        // Streamed: refused when the chunk that passes it arrives; what it held is given back.
+        let e = read_body(body(&[b"123", b"45"]), None, 100, later(), &budget).await.unwrap_err();
+        assert!(matches!(e, PipelineError::Overloaded), "{e:?}");
+        assert_eq!(budget.available(), 4);
+        drop(held);
+        assert_eq!(budget.available(), 10);
+        let (b, _held) = read_body(body(&[b"12345"]), Some(5), 100, later(), &budget).await.unwrap();
+        assert_eq!((&b[..], budget.available()), (&b"12345"[..], 5));
+        let e = read_body(body(&[b"123", b"45"]), None, 4, later(), &budget).await.unwrap_err();
+        assert!(matches!(e, PipelineError::TooLarge), "{e:?}");
+    }
+
+    #[test]
+    fn header_bytes_count_names_and_values_of_every_header() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", http::HeaderValue::from_static("12345"));
+        h.append("x-a", http::HeaderValue::from_static("1"));
+        assert!(check_header_bytes(&h, 12).is_ok());
+        assert!(matches!(check_header_bytes(&h, 11), Err(PipelineError::HeadersTooLarge)));
     }
 }

@@ -10,8 +10,8 @@
 //! Request path, in order:
 //!
 //! - [`tls`]: rustls server config — chain, key, optional client-CA verifier, ALPN.
-//! - [`listener`]: accept loop, connection cap, PROXY v2 header, TLS handshake timeout, hyper HTTP/1.1 + HTTP/2,
-//!   drain.
+//! - [`listener`]: accept loop, connection cap, PROXY v2 header, TLS handshake timeout, HTTP/2 or HTTP/1.1 by
+//!   ALPN (a bounded sniff on plain HTTP), idle connections closed, drain.
 //! - [`client_addr`]: the client address — socket, or PROXY header / `X-Forwarded-For` from trusted proxies.
 //! - [`http`]: the per-connection hyper service; body reading under a byte cap and a time limit.
 //! - [`pipeline`]: calls the stages below in order for one request; no other logic.
@@ -181,8 +181,12 @@ impl App {
                 sink.clone(),
                 (storage.dedup, storage.order),
                 metrics.clone(),
-                config.server.body_read_timeout.0,
                 rate_limits.clone(),
+                pipeline::RequestLimits {
+                    body_read_timeout: config.server.body_read_timeout.0,
+                    max_header_bytes: config.server.max_header_bytes,
+                    bodies: http::BodyBudget::new(config.server.max_inflight_body_bytes),
+                },
             )
             .with_pollers(pollers.clone()),
         );
@@ -197,6 +201,8 @@ impl App {
             tls_handshake_timeout: config.server.tls_handshake_timeout.0,
             header_read_timeout: config.server.header_read_timeout.0,
             max_header_bytes: config.server.max_header_bytes,
+            idle_timeout: config.server.idle_timeout.0,
+            http2_max_concurrent_streams: config.server.http2_max_concurrent_streams,
             drain_timeout: config.server.drain_timeout.0,
             trusted_proxies: Arc::from(config.server.trusted_proxies.clone()),
             proxy_protocol: config.server.proxy_protocol,
@@ -225,6 +231,7 @@ impl App {
             listeners.admin,
             metrics.clone(),
             readiness.clone(),
+            config.server.header_read_timeout.0,
             after_drain.clone(),
         ));
         readiness.listener_up.store(true, Ordering::Release);

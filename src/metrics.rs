@@ -12,13 +12,15 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::listener::{drive, Activity, IdleLimits};
 
 /// Histogram buckets in seconds, around the providers' deadlines (10 s, 20 s).
 const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0];
@@ -236,9 +238,26 @@ impl Readiness {
     }
 }
 
-/// Serves the admin endpoints until `shutdown`.
-pub async fn serve_admin(listener: TcpListener, metrics: Metrics, ready: Arc<Readiness>, shutdown: CancellationToken) {
+/// Admin connections served at once; past it, new ones wait in the kernel backlog.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin endpoints (HTTP/1.1) until `shutdown`. A connection that has sent no complete request by
+/// `timeout` after it opened or after its last answer is closed, so silent sockets cannot hold the probes off.
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: Arc<Readiness>,
+    timeout: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(timeout).max_buf_size(64 * 1024);
     loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            () = shutdown.cancelled() => return,
+        };
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -250,15 +269,20 @@ pub async fn serve_admin(listener: TcpListener, metrics: Metrics, ready: Arc<Rea
             },
             () = shutdown.cancelled() => return,
         };
-        let (metrics, ready) = (metrics.clone(), ready.clone());
+        let (metrics, ready, http1, shutdown) = (metrics.clone(), ready.clone(), http1.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let out = admin_answer(&req, &metrics, &ready);
-                async move { Ok::<_, Infallible>(out) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let activity = Activity::new();
+            let svc = {
+                let activity = activity.clone();
+                hyper::service::service_fn(move |req| {
+                    let _busy = activity.begin();
+                    let out = admin_answer(&req, &metrics, &ready);
+                    async move { Ok::<_, Infallible>(out) }
+                })
+            };
+            let conn = http1.serve_connection(TokioIo::new(stream), svc);
+            drive(conn, &activity, IdleLimits { first: timeout, between: timeout }, &shutdown).await;
+            drop(permit);
         });
     }
 }

@@ -2,8 +2,8 @@
 //! module, and every failure is a [`PipelineError`] turned into an answer by `respond.rs`.
 //!
 //! ```text
-//! route → rate limit → head auth → read body → auth → parse → normalize → dedup claim → order check → store
-//! (broker or spool) → dedup done (durable) → respond
+//! route → rate limit → header cap → head auth → read body (in-flight budget) → auth → parse → normalize →
+//! dedup claim → order check → store (broker or spool) → dedup done (durable) → respond
 //! ```
 //!
 //! The rate limits (per client address, global, per source) are checked right after routing, on the headers
@@ -27,7 +27,7 @@ use crate::auth::{Authenticated, Peer, Unverified};
 use crate::dedup::{Claim, Dedup};
 use crate::error::PipelineError;
 use crate::event::Event;
-use crate::http::read_body;
+use crate::http::{check_header_bytes, read_body, BodyBudget};
 use crate::metrics::Metrics;
 use crate::normalize::{EventMeta, Fields};
 use crate::order::Order;
@@ -43,6 +43,15 @@ const MAX_TYPE_LABELS: usize = 64;
 /// A shared in-flight claim outlives the source's `ack_timeout` by this much (then a crashed holder's expires).
 const CLAIM_GRACE: Duration = Duration::from_secs(5);
 
+/// The `[server]` limits every request is read under.
+#[derive(Clone, Debug)]
+pub struct RequestLimits {
+    pub body_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    /// `server.max_inflight_body_bytes`, shared by every connection.
+    pub bodies: BodyBudget,
+}
+
 /// Everything the request path needs.
 pub struct Gateway {
     /// The routing table (and with it every source's auth and limits); a reload swaps it whole. Each request
@@ -52,11 +61,12 @@ pub struct Gateway {
     pub dedup: Dedup,
     pub order: Order,
     pub metrics: Metrics,
-    pub body_read_timeout: Duration,
     /// `[rate_limits]`: per client and global (each source holds its own bucket).
     pub limits: Arc<RateLimits>,
     /// InstaMed pollers: their registration paths are answered before the sources are routed.
     pub pollers: Vec<Arc<crate::poll::Poller>>,
+    /// The header cap, the body timeout and the in-flight body budget.
+    pub reading: RequestLimits,
     type_labels: Mutex<HashSet<(Arc<str>, String)>>,
 }
 
@@ -66,8 +76,8 @@ impl Gateway {
         sink: Arc<dyn Sink>,
         (dedup, order): (Dedup, Order),
         metrics: Metrics,
-        body_read_timeout: Duration,
         limits: Arc<RateLimits>,
+        reading: RequestLimits,
     ) -> Self {
         Gateway {
             router: ArcSwap::from_pointee(router),
@@ -75,7 +85,7 @@ impl Gateway {
             dedup,
             order,
             metrics,
-            body_read_timeout,
+            reading,
             limits,
             pollers: Vec::new(),
             type_labels: Mutex::default(),
@@ -103,7 +113,7 @@ impl Gateway {
             if let Err(limited) = self.limits.check(client_ip, None) {
                 return self.finish(None, request_id, None, started, Err(limited.into()));
             }
-            return crate::poll::register::handle(poller, req, peer, token, self.body_read_timeout).await;
+            return crate::poll::register::handle(poller, req, peer, token, &self.reading).await;
         }
         let route = self.router.load().route(req.method(), req.uri().path());
         let routed = match &route {
@@ -153,12 +163,16 @@ impl Gateway {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let (parts, body) = req.into_parts();
+        check_header_bytes(&parts.headers, self.reading.max_header_bytes)?;
         let content_length = content_length(&parts.headers)?;
         let client_ip = peer.client_ip(&parts.headers);
         let mut unverified = Unverified { parts, body: Bytes::new(), peer, client_ip, now: SystemTime::now() };
         source.verifier.verify_head(&unverified).await.map_err(|e| self.auth_failed(source, e))?;
-        let body_until = deadline.min(Instant::now() + self.body_read_timeout);
-        unverified.body = read_body(body, content_length, source.max_body_bytes, body_until).await?;
+        let body_until = deadline.min(Instant::now() + self.reading.body_read_timeout);
+        // The body's bytes stay held in the in-flight budget until this request is answered.
+        let (bytes, _held) =
+            read_body(body, content_length, source.max_body_bytes, body_until, &self.reading.bodies).await?;
+        unverified.body = bytes;
         let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
         let (format, payload) = parse_body(&request)?;
         let (params, query) = (params, query_pairs(request.parts().uri.query()));

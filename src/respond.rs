@@ -31,6 +31,10 @@ pub fn status_of(result: &Result<Stored, PipelineError>, retry_status: StatusCod
         PipelineError::NotFound => (StatusCode::NOT_FOUND, "Not Found"),
         PipelineError::MethodNotAllowed { .. } => (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"),
         PipelineError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+        PipelineError::HeadersTooLarge => {
+            (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request Header Fields Too Large")
+        }
+        PipelineError::Overloaded => (retry_status, "Server Busy"),
         PipelineError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
         PipelineError::BadFraming | PipelineError::BodyRead | PipelineError::Unpublishable(_) => {
             (StatusCode::BAD_REQUEST, "Bad Request")
@@ -70,6 +74,10 @@ pub fn response(result: &Result<Stored, PipelineError>, retry_status: StatusCode
         Err(PipelineError::RateLimited { retry_after_secs, .. }) => {
             headers.insert(header::RETRY_AFTER, HeaderValue::from((*retry_after_secs).max(1)));
         }
+        // The budget frees as soon as other bodies are answered.
+        Err(PipelineError::Overloaded) => {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+        }
         _ => {}
     }
     resp
@@ -98,6 +106,9 @@ mod tests {
         assert_eq!(row(Err(PipelineError::TooLarge)), (413, "Payload Too Large", "too_large".into()));
         assert_eq!(row(Err(PipelineError::BodyTimeout)), (408, "Request Timeout", "timeout".into()));
         assert_eq!(row(Err(PipelineError::BadFraming)), (400, "Bad Request", "malformed".into()));
+        let h = PipelineError::HeadersTooLarge;
+        assert_eq!(row(Err(h)), (431, "Request Header Fields Too Large", "headers_too_large".into()));
+        assert_eq!(row(Err(PipelineError::Overloaded)), (503, "Server Busy", "overloaded".into()));
         let u = PipelineError::Parse(ParseError::UnsupportedMediaType);
         assert_eq!(row(Err(u)), (415, "Unsupported Media Type", "unsupported_media_type".into()));
         let m = PipelineError::Parse(ParseError::Malformed("JSON", "x"));
@@ -134,6 +145,9 @@ mod tests {
         );
         let r = Err(PipelineError::RateLimited { limit: crate::ratelimit::Limit::Global, retry_after_secs: 0 });
         assert_eq!(response(&r, StatusCode::SERVICE_UNAVAILABLE).headers()[header::RETRY_AFTER], "1");
+        let o = Err(PipelineError::Overloaded);
+        let resp = response(&o, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!((resp.status().as_u16(), resp.headers()[header::RETRY_AFTER].to_str().unwrap()), (500, "1"));
         let m = Err(PipelineError::MethodNotAllowed { allow: "POST, GET".into() });
         assert_eq!(response(&m, StatusCode::SERVICE_UNAVAILABLE).headers()[header::ALLOW], "POST, GET");
     }

@@ -27,8 +27,17 @@ pub struct Server {
     pub header_read_timeout: Dur,
     #[serde(default = "default_10s")]
     pub body_read_timeout: Dur,
+    /// All request headers together (names and values); past it `431`.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// A keep-alive HTTP/1.1 or an HTTP/2 connection with no request in flight this long is closed.
+    #[serde(default = "default_60s")]
+    pub idle_timeout: Dur,
+    /// Request-body bytes held at once by all connections together; past it the source's `retry_status`.
+    #[serde(default = "default_max_inflight_body_bytes")]
+    pub max_inflight_body_bytes: u64,
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
     #[serde(default = "default_20s")]
     pub drain_timeout: Dur,
 }
@@ -45,6 +54,9 @@ impl Default for Server {
             header_read_timeout: default_10s(),
             body_read_timeout: default_10s(),
             max_header_bytes: default_max_header_bytes(),
+            idle_timeout: default_60s(),
+            max_inflight_body_bytes: default_max_inflight_body_bytes(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
             drain_timeout: default_20s(),
         }
     }
@@ -227,8 +239,17 @@ fn default_10s() -> Dur {
 fn default_20s() -> Dur {
     Dur::secs(20)
 }
+fn default_60s() -> Dur {
+    Dur::secs(60)
+}
 fn default_max_header_bytes() -> usize {
     16_384
+}
+fn default_max_inflight_body_bytes() -> u64 {
+    256 << 20
+}
+fn default_http2_max_concurrent_streams() -> u32 {
+    32
 }
 fn default_exchange() -> String {
     "hookgate".into()

@@ -46,6 +46,9 @@ fn defaults_match_the_spec() {
     assert_eq!(cfg.server.max_connections, 10_000);
     assert_eq!(cfg.server.max_header_bytes, 16_384);
     assert_eq!(cfg.server.drain_timeout, Dur::secs(20));
+    assert_eq!(cfg.server.idle_timeout, Dur::secs(60));
+    assert_eq!(cfg.server.max_inflight_body_bytes, 268_435_456);
+    assert_eq!(cfg.server.http2_max_concurrent_streams, 32);
     assert_eq!(cfg.storage.spool_max_bytes, 1 << 30);
     let a = &cfg.sources["a"];
     assert_eq!((a.dedup_window, a.max_body_bytes, a.retry_status), (Dur::secs(72 * 3600), 1_048_576, Some(503)));
@@ -285,4 +288,26 @@ fn poller_mistakes_name_the_key() {
     assert!(err(no_auth).contains("`pollers.p.auth`: no authentication method"), "{}", err(no_auth));
     let two = format!("{}[pollers.q]\nsource = \"im\"\npath = \"/poll/p\"\naccount_id = \"a\"\nalias = \"a\"\npassword = \"x\"\nmerchant_id = \"m\"\nstore_id = \"s\"\nterminal_id = \"t\"\nunauthenticated = true\n", poller(""));
     assert!(err(&two).contains("is used by another poller"), "{}", err(&two));
+}
+
+#[test]
+fn a_body_cap_no_spool_record_can_hold_names_the_key_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.toml");
+    let text = "[server]\nmax_inflight_body_bytes = 1073741824\n\
+        [sources.a]\npreset = \"generic\"\nunauthenticated = true\nmax_body_bytes = 67108864\n";
+    std::fs::write(&path, text).unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("big.toml") && e.contains("`sources.a.max_body_bytes`") && e.contains("spool record"), "{e}");
+    // The largest body a record holds is accepted.
+    let max = crate::spool::format::MAX_BODY_BYTES;
+    let ok = format!("[server]\nmax_inflight_body_bytes = 1073741824\n{MINIMAL}max_body_bytes = {max}\n");
+    Config::parse(&ok).and_then(Config::validate).unwrap();
+    // A body larger than the whole in-flight budget could never be read.
+    let e = err(&format!("[server]\nmax_inflight_body_bytes = 65536\n{MINIMAL}max_body_bytes = 65537\n"));
+    assert!(e.contains("`sources.a.max_body_bytes`") && e.contains("server.max_inflight_body_bytes"), "{e}");
+    let e = err(&format!("[server]\nhttp2_max_concurrent_streams = 0\n{MINIMAL}"));
+    assert!(e.contains("`server.http2_max_concurrent_streams`"), "{e}");
+    let e = err(&format!("[server]\nidle_timeout = \"0s\"\n{MINIMAL}"));
+    assert!(e.contains("`server.idle_timeout`"), "{e}");
 }

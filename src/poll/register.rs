@@ -47,7 +47,7 @@ pub async fn handle<B>(
     req: Request<B>,
     peer: Peer,
     token: Option<String>,
-    body_read_timeout: Duration,
+    reading: &crate::pipeline::RequestLimits,
 ) -> Response<Full<Bytes>>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
@@ -61,7 +61,8 @@ where
     }
     let deadline = Instant::now() + DEADLINE;
     let result = tokio::time::timeout_at(deadline, async {
-        let body = authenticate(poller, req, peer, deadline.min(Instant::now() + body_read_timeout)).await?;
+        let body_until = deadline.min(Instant::now() + reading.body_read_timeout);
+        let body = authenticate(poller, req, peer, body_until, reading).await?;
         match token {
             None => register(poller, &body).await.map(|job| (StatusCode::ACCEPTED, "Accepted", job)),
             Some(token) => lookup(poller, &token).await.map(|job| (StatusCode::OK, "OK", job)),
@@ -78,17 +79,27 @@ where
     }
 }
 
-async fn authenticate<B>(poller: &Poller, req: Request<B>, peer: Peer, body_until: Instant) -> Result<Bytes, Refusal>
+async fn authenticate<B>(
+    poller: &Poller,
+    req: Request<B>,
+    peer: Peer,
+    body_until: Instant,
+    reading: &crate::pipeline::RequestLimits,
+) -> Result<Bytes, Refusal>
 where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (parts, body) = req.into_parts();
+    crate::http::check_header_bytes(&parts.headers, reading.max_header_bytes)?;
     let content_length = crate::pipeline::content_length(&parts.headers)?;
     let client_ip = peer.client_ip(&parts.headers);
     let mut unverified = Unverified { parts, body: Bytes::new(), peer, client_ip, now: SystemTime::now() };
     poller.verifier.verify_head(&unverified).await.map_err(PipelineError::Auth)?;
-    unverified.body = crate::http::read_body(body, content_length, MAX_BODY_BYTES, body_until).await?;
+    // The registration body is small; it leaves the in-flight budget once verified.
+    let (bytes, _held) =
+        crate::http::read_body(body, content_length, MAX_BODY_BYTES, body_until, &reading.bodies).await?;
+    unverified.body = bytes;
     let request = poller.verifier.verify(unverified).await.map_err(PipelineError::Auth)?;
     Ok(request.body().clone())
 }

@@ -25,6 +25,9 @@ pub const HEADER_LEN: u64 = 16;
 pub const FRAME_LEN: u64 = 16;
 /// A record longer than this is garbage (bodies are capped far below it).
 pub const MAX_RECORD: u32 = 64 << 20;
+/// The largest request body a record can hold: [`MAX_RECORD`] less a margin for the seq, the encryption
+/// nonce and tag and the event's other fields (source, id, type, subject, content type: each capped far below it).
+pub const MAX_BODY_BYTES: u64 = MAX_RECORD as u64 - (1 << 20);
 const VERSION: u8 = 1;
 
 /// A record that does not decode.

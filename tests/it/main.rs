@@ -8,6 +8,7 @@ mod canary;
 mod cli;
 mod crash;
 mod dedup;
+mod edge;
 mod hardening;
 mod ingest;
 mod listener;

@@ -6,7 +6,7 @@
 mod process;
 mod proxy;
 
-pub use process::{proc_config, Proc};
+pub use process::{proc_config, proc_config_server, Proc};
 pub use proxy::Proxy;
 
 use std::collections::HashMap;

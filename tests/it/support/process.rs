@@ -24,10 +24,22 @@ pub fn proc_config(
     sources: &str,
     storage: &str,
 ) -> std::path::PathBuf {
+    proc_config_server(dir, exchange, amqp, "", sources, storage)
+}
+
+/// [`proc_config`] with extra `[server]` keys.
+pub fn proc_config_server(
+    dir: &std::path::Path,
+    exchange: &str,
+    amqp: &str,
+    server: &str,
+    sources: &str,
+    storage: &str,
+) -> std::path::PathBuf {
     let (port, admin) = (free_port(), free_port());
     let text = format!(
         "{}{sources}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[logging]\nformat = \"text\"\n[storage]\ndata_dir = \"{}\"\n{storage}",
-        base_config(exchange, amqp, &format!("listen = \"127.0.0.1:{port}\"\n")),
+        base_config(exchange, amqp, &format!("listen = \"127.0.0.1:{port}\"\n{server}")),
         dir.join("data").display(),
     );
     let path = dir.join("hookgate.toml");
@@ -99,6 +111,11 @@ impl Proc {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// The process id (for `/proc/PID/status`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What the process logged.

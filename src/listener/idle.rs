@@ -1,0 +1,132 @@
+//! Every connection makes progress or is closed: [`Activity`] counts the requests in flight on one connection
+//! (the service holds a [`Busy`] guard per request) and [`drive`] closes the connection once it has had none for
+//! too long, or when the listener drains.
+//!
+//! With no request in flight, a connection is closed `first` after it started (no complete request head yet,
+//! whatever it sent) or `between` after its last answer; it gets a graceful shutdown (HTTP/2 `GOAWAY`) and is
+//! dropped [`CLOSE_GRACE`] later if still idle. A request in flight is bounded by its own deadlines.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a connection asked to close may stay idle before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(500);
+
+/// The idle limits of one connection.
+#[derive(Clone, Copy, Debug)]
+pub struct IdleLimits {
+    /// From the start of the connection to its first complete request head.
+    pub first: Duration,
+    /// From an answer to the next complete request head (HTTP/1.1) or request (HTTP/2).
+    pub between: Duration,
+}
+
+// === impl Activity ===
+
+/// The requests in flight on one connection.
+pub struct Activity {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+struct State {
+    in_flight: usize,
+    requests: u64,
+    idle_since: Instant,
+}
+
+impl Activity {
+    pub fn new() -> Arc<Activity> {
+        let state = State { in_flight: 0, requests: 0, idle_since: Instant::now() };
+        Arc::new(Activity { state: Mutex::new(state), changed: Notify::new() })
+    }
+
+    /// Marks a request in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        {
+            let mut s = self.lock();
+            s.in_flight += 1;
+            s.requests += 1;
+        }
+        self.changed.notify_waiters();
+        Busy(self.clone())
+    }
+
+    /// When the connection is due to close if nothing changes; `None` while a request is in flight.
+    fn due(&self, limits: IdleLimits, closing_since: Option<Instant>) -> Option<Instant> {
+        let s = self.lock();
+        if s.in_flight > 0 {
+            return None;
+        }
+        Some(match closing_since {
+            Some(since) => s.idle_since.max(since) + CLOSE_GRACE,
+            None if s.requests == 0 => s.idle_since + limits.first,
+            None => s.idle_since + limits.between,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One request in flight.
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        {
+            let mut s = self.0.lock();
+            s.in_flight -= 1;
+            if s.in_flight == 0 {
+                s.idle_since = Instant::now();
+            }
+        }
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// Runs `conn` until it ends, it has been idle past `limits`, or `drain` is cancelled (then it is shut down
+/// gracefully: requests in flight are answered, then it closes).
+pub async fn drive<C>(conn: C, activity: &Activity, limits: IdleLimits, drain: &CancellationToken)
+where
+    C: GracefulConnection,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut closing_since = None;
+    loop {
+        let changed = activity.changed.notified();
+        let mut changed = std::pin::pin!(changed);
+        changed.as_mut().enable();
+        let due = activity.due(limits, closing_since);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = drain.cancelled(), if closing_since.is_none() => close(conn.as_mut(), &mut closing_since),
+            () = changed => {}
+            () = sleep_until(due) => {
+                if closing_since.is_some() {
+                    return;
+                }
+                close(conn.as_mut(), &mut closing_since);
+            }
+        }
+    }
+}
+
+fn close<C: GracefulConnection>(conn: Pin<&mut C>, closing_since: &mut Option<Instant>) {
+    conn.graceful_shutdown();
+    *closing_since = Some(Instant::now());
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
