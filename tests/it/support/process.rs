@@ -113,11 +113,6 @@ impl Proc {
         assert!(status.success(), "kill -s {name} failed");
     }
 
-    /// The process id (for `/proc/PID/status`).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
     /// What the process logged.
     pub fn output(&self) -> String {
         let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
