@@ -17,10 +17,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "helm", "hookgate")
@@ -66,7 +68,40 @@ def wait_for(what, cond, timeout=60):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def gateway_config(tmp, port, admin):
+SOAP_ANSWER = """<?xml version="1.0" encoding="utf-8"?>
+<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>
+<GetSSOTokenStatusResponse xmlns="http://tempuri.org/"><GetSSOTokenStatusResult>{}</GetSSOTokenStatusResult>
+</GetSSOTokenStatusResponse></soap:Body></soap:Envelope>"""
+
+
+class FakeInstaMed(BaseHTTPRequestHandler):
+    """InstaMed's SSO status service and NVP receipt over real HTTP: a token starting with "done" is COMPLETE (its
+    receipt names the transaction after it), any other stays NEW until it expires."""
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+        if self.path.endswith("SSOService.asmx"):
+            token = re.search(r"<tokenID>([^<]*)</tokenID>", body)
+            status = "COMPLETE" if token and token.group(1).startswith("done") else "NEW"
+            self.answer("text/xml; charset=utf-8", SOAP_ANSWER.format(status))
+        else:
+            token = urllib.parse.parse_qs(body).get("singleSignOnToken", ["done-x"])[0]
+            tx = token.removeprefix("done-")
+            self.answer("text/plain", f"transactionStatus=C&transactionID={tx}&transactionDate=2016-01-15T20:37:21Z&responseCode=000&cardBrand=VISA&lastFourDigits=1111")
+
+    def answer(self, content_type, text):
+        data = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def gateway_config(tmp, port, admin, fake):
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -90,6 +125,20 @@ basic = [{{ username = "instamed", password = "{PASSWORD}" }}]
 preset = "prepaid-card"
 [sources.prepaid-card.auth]
 hmac = {{ scheme = "x-signature", secrets = ["{CARD_SECRET}"] }}
+[pollers.instamed]
+source = "instamed"
+sso_url = "http://{fake}/Forms/WebServices/SSOService.asmx"
+nvp_url = "http://{fake}/payment/NVP.aspx"
+account_id = "acct-1"
+alias = "alias"
+password = "sso-password"
+merchant_id = "m"
+store_id = "s"
+terminal_id = "t"
+interval = "200ms"
+token_ttl = "3s"
+request_timeout = "2s"
+unauthenticated = true
 """
 
 
@@ -118,6 +167,10 @@ def traffic(base, round_no):
     post("/webhooks/prepaid-card", body, {"X-Signature": sig, "Content-Type": "application/json"}, 200)
     post("/webhooks/prepaid-card", body, {"X-Signature": "00" * 32, "Content-Type": "application/json"}, 401)
     post("/webhooks/nowhere", b"{}", {"Content-Type": "application/json"}, 404)
+    # InstaMed polling: one token that completes, one that stays NEW until it expires.
+    for token in (f"done-{txn}", f"new-{txn}"):
+        status, _ = http(base + "/poll/instamed", json.dumps({"token": token}).encode(), {"Content-Type": "application/json"}, "POST")
+        ok(status == 202, f"poll registration: {status}")
     return sent
 
 
@@ -186,11 +239,19 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         try:
             port, admin, pport = free_port(), free_port(), free_port()
+            fake = ThreadingHTTPServer(("127.0.0.1", 0), FakeInstaMed)
+            threading.Thread(target=fake.serve_forever, daemon=True).start()
             cfg = os.path.join(tmp, "hookgate.toml")
-            open(cfg, "w").write(gateway_config(tmp, port, admin))
+            open(cfg, "w").write(gateway_config(tmp, port, admin, f"127.0.0.1:{fake.server_address[1]}"))
             log = open(os.path.join(tmp, "hookgate.log"), "w")
             procs.append(subprocess.Popen([HOOKGATE, "run", "--config", cfg], stdout=log, stderr=subprocess.STDOUT))
-            wait_for("hookgate /readyz", lambda: http(f"http://127.0.0.1:{admin}/readyz", timeout=2)[0] == 200)
+            gateway = procs[0]
+
+            def ready():
+                ok(gateway.poll() is None, f"hookgate exited with {gateway.returncode}")
+                return http(f"http://127.0.0.1:{admin}/readyz", timeout=2)[0] == 200
+
+            wait_for("hookgate /readyz", ready)
             # A consumer bound to the exchange, so events are routed (and confirmed) as in production.
             procs.append(subprocess.Popen([HOOKGATE, "tail", "--config", cfg, "--bind", "#"], stdout=subprocess.DEVNULL, stderr=log))
             time.sleep(1.0)
@@ -215,6 +276,8 @@ scrape_configs:
                 time.sleep(1.5)
             wait_for("Prometheus to see every answer",
                      lambda: (r := prom_query(prom, "sum(hookgate_requests_total)")) and float(r[0]["value"][1]) == sent)
+            wait_for("poll jobs to finish (complete and expired)",
+                     lambda: {x["metric"]["state"] for x in prom_query(prom, "hookgate_poll_jobs > 0")} >= {"complete", "expired"})
             time.sleep(2)
             check_dashboard(prom)
             check_rules(prom)
@@ -225,6 +288,8 @@ scrape_configs:
                     sys.stderr.write(f"--- {name} (last lines)\n" + "".join(open(path).readlines()[-20:]))
             raise
         finally:
+            if "fake" in locals():
+                fake.shutdown()
             for p in reversed(procs):
                 p.terminate()
             for p in procs:
