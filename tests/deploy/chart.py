@@ -186,7 +186,7 @@ def check_config(docs, existing=None):
         # Every absolute path of the config must be one the pod mounts: point them into the temp root.
         mounts = [m["mountPath"] for m in c["volumeMounts"]]
         for path in re.findall(r'"(/[^"]*)"', text):
-            if path.startswith("/webhooks") or path.startswith("/tyro"):
+            if path.startswith(("/webhooks", "/tyro", "/poll")):
                 continue
             ok(any(path == m or path.startswith(m + "/") for m in mounts), f"config path {path} is under a volume mount {mounts}")
         under = lambda path: any(path == m or path.startswith(m + "/") for m in mounts)
@@ -256,7 +256,7 @@ def main():
         check_crds(docs)
         check_pod(docs, drain_seconds(docs), 2)
         eff = check_config(docs)
-        for needle in ('client_ca = "', 'crls = [', 'shared = "redis://redis.cache.svc:6379"', 'shared_prefix = "payments-hookgate"', 'spool_key_file = "'):
+        for needle in ('[pollers.instamed]', 'client_ca = "', 'crls = [', 'shared = "redis://redis.cache.svc:6379"', 'shared_prefix = "payments-hookgate"', 'spool_key_file = "'):
             ok(needle in eff, f"all-on effective config has {needle}")
         print(f"all options on: {len(docs)} manifests valid (Kubernetes {', '.join(K8S_VERSIONS)}), CRD shapes ok, check-config ok")
 
