@@ -1,6 +1,6 @@
 """Every query of the Grafana dashboard returns data from a real Prometheus scraping a real hookgate.
 
-Starts hookgate (plain HTTP on free loopback ports, the shared RabbitMQ with its own exchange, a temp data_dir),
+Starts hookgate (TLS with a test certificate on free loopback ports, the shared RabbitMQ with its own exchange, a temp data_dir),
 a consumer bound to the exchange (`hookgate tail`), and Prometheus (own port, own data dir, scrape interval 1 s,
 the chart's alert rules loaded). Sends webhooks through the gateway: new events, provider retries, bad
 credentials, a bad signature, an unknown path, an event that arrives after a later one. Then runs every panel
@@ -14,6 +14,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -47,10 +48,13 @@ def free_port():
         return s.getsockname()[1]
 
 
+TLS = None  # the client context trusting the gateway's test certificate
+
+
 def http(url, data=None, headers=None, method=None, timeout=10):
     req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=TLS if url.startswith("https:") else None) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -101,11 +105,22 @@ class FakeInstaMed(BaseHTTPRequestHandler):
         pass
 
 
+def certificate(tmp):
+    """A self-signed certificate for 127.0.0.1 (openssl), so the gateway serves TLS as in production."""
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", f"{tmp}/tls.key", "-out", f"{tmp}/tls.crt", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-days", "30"], check=True, capture_output=True)
+    return ssl.create_default_context(cafile=f"{tmp}/tls.crt")
+
+
 def gateway_config(tmp, port, admin, fake):
     return f"""
 [server]
 listen = "127.0.0.1:{port}"
 drain_timeout = "5s"
+[server.tls]
+cert = "{tmp}/tls.crt"
+key = "{tmp}/tls.key"
 [admin]
 listen = "127.0.0.1:{admin}"
 [broker]
@@ -167,6 +182,13 @@ def traffic(base, round_no):
     post("/webhooks/prepaid-card", body, {"X-Signature": sig, "Content-Type": "application/json"}, 200)
     post("/webhooks/prepaid-card", body, {"X-Signature": "00" * 32, "Content-Type": "application/json"}, 401)
     post("/webhooks/nowhere", b"{}", {"Content-Type": "application/json"}, 404)
+    # A client speaking plain HTTP to the TLS port: a failed handshake.
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=5) as raw:
+        raw.sendall(b"POST /webhooks/instamed HTTP/1.1\r\nHost: x\r\n\r\n")
+        try:
+            raw.recv(100)
+        except OSError:
+            pass
     # InstaMed polling: one token that completes, one that stays NEW until it expires.
     for token in (f"done-{txn}", f"new-{txn}"):
         status, _ = http(base + "/poll/instamed", json.dumps({"token": token}).encode(), {"Content-Type": "application/json"}, "POST")
@@ -241,6 +263,8 @@ def main():
             port, admin, pport = free_port(), free_port(), free_port()
             fake = ThreadingHTTPServer(("127.0.0.1", 0), FakeInstaMed)
             threading.Thread(target=fake.serve_forever, daemon=True).start()
+            global TLS
+            TLS = certificate(tmp)
             cfg = os.path.join(tmp, "hookgate.toml")
             open(cfg, "w").write(gateway_config(tmp, port, admin, f"127.0.0.1:{fake.server_address[1]}"))
             log = open(os.path.join(tmp, "hookgate.log"), "w")
@@ -272,7 +296,7 @@ scrape_configs:
             wait_for("first scrape", lambda: prom_query(prom, 'up{job="hookgate"} == 1'))
             sent = 0
             for i in range(4):
-                sent += traffic(f"http://127.0.0.1:{port}", i)
+                sent += traffic(f"https://127.0.0.1:{port}", i)
                 time.sleep(1.5)
             wait_for("Prometheus to see every answer",
                      lambda: (r := prom_query(prom, "sum(hookgate_requests_total)")) and float(r[0]["value"][1]) == sent)
