@@ -112,7 +112,7 @@ def check_crds(docs):
                "dashboard ConfigMap holds files/dashboard.json")
 
 
-def check_pod(docs, values_drain, replicas):
+def check_pod(docs, values_drain, replicas, pdb=True):
     sts = by_kind(docs, "StatefulSet")
     ok(len(sts) == 1, "one StatefulSet")
     sts = sts[0]
@@ -134,7 +134,7 @@ def check_pod(docs, values_drain, replicas):
     ok(len(headless) == 1 and headless[0]["metadata"]["name"] == sts["spec"]["serviceName"], "headless Service is the StatefulSet's")
     client = [s for s in by_kind(docs, "Service") if s["spec"].get("clusterIP") != "None"]
     ok(len(client) == 1 and [p["targetPort"] for p in client[0]["spec"]["ports"]] == ["public"], "client Service: public port only")
-    ok(len(by_kind(docs, "PodDisruptionBudget")) == 1, "PodDisruptionBudget")
+    ok(len(by_kind(docs, "PodDisruptionBudget")) == (1 if pdb else 0), "PodDisruptionBudget")
     return sts, c, pod, ports
 
 
@@ -176,7 +176,7 @@ def mount_pod(docs, c, pod, root, existing):
 
 def check_config(docs, existing=None):
     """The rendered TOML, with the pod's files in place, passes `hookgate check-config`."""
-    sts, c, pod, ports = check_pod(docs, 0, by_kind(docs, "StatefulSet")[0]["spec"]["replicas"])
+    sts, c, pod, ports = check_pod(docs, 0, by_kind(docs, "StatefulSet")[0]["spec"]["replicas"], bool(by_kind(docs, "PodDisruptionBudget")))
     args = c["args"]
     ok(args[:2] == ["run", "--config"], f"container args {args}")
     with tempfile.TemporaryDirectory() as root:
@@ -274,6 +274,16 @@ def main():
         }
         check_config(docs, existing)
         print("existing Secrets: manifests valid, check-config ok")
+
+    # Every optional part off.
+    docs = helm_template("-f", os.path.join(CHART, "ci", "all-off-values.yaml"))
+    validate_schemas(docs)
+    check_pod(docs, drain_seconds(docs), 1, pdb=False)
+    ok(not by_kind(docs, "ServiceAccount") and not by_kind(docs, "PodDisruptionBudget"), "no ServiceAccount, no PDB")
+    eff = check_config(docs)
+    ok("[server.tls]" not in eff and "spool_key_file" not in eff, "plain HTTP, no spool key")
+    ok("lifecycle" not in by_kind(docs, "StatefulSet")[0]["spec"]["template"]["spec"]["containers"][0], "no preStop")
+    print("every option off: manifests valid, check-config ok")
 
     # Three replicas with Redis: one config that every replica (same ConfigMap, own volume) accepts.
     docs = helm_template("-f", os.path.join(CHART, "ci", "replicas-values.yaml"))
