@@ -146,7 +146,7 @@ async fn sources_added_changed_and_removed_take_effect_at_once_without_dropping_
     // A delivery to `old` is in flight (routed, body half read) while `old` is removed.
     let body = br#"{"event":"in.flight","pad":"................................"}"#;
     let mut in_flight = start_request(&gw, "/webhooks/old", body).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let kept =
         "[sources.kept]\npreset = \"generic\"\n[sources.kept.auth.headers]\nx-token = { value_env = \"KEPT_TOKEN\" }\n";
     gw.rewrite(&amqp, &format!("{}{kept}", generic("new")));
