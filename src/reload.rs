@@ -11,8 +11,8 @@
 //!   a connection takes the TLS config at its accept and keeps its session. Only new requests and new
 //!   handshakes see the new file.
 //! - **What cannot change live is named, not half-applied.** Listen addresses, plain HTTP ↔ TLS, connection
-//!   limits and timeouts, `[broker]`, `[storage]`, `[rate_limits]` and `[logging]` are fixed when the process
-//!   starts (sockets bound, storage opened, the publisher connected). A reload that changes them applies the
+//!   limits and timeouts, `[broker]`, `[storage]`, `[rate_limits]`, `[logging]` and `[pollers.*]` are fixed when
+//!   the process starts (sockets bound, storage opened, the publisher connected, the pollers running). A reload that changes them applies the
 //!   rest, logs the keys that keep their running value until a restart, and counts as `applied`.
 //! - Reloads run one at a time; file I/O runs on the blocking pool, never on a worker.
 
