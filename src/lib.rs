@@ -34,6 +34,7 @@
 //!
 //! Cross-cutting: [`config`] (typed, strict, validated), [`source`] (a source built from config, secrets
 //! resolved), [`error`] (classification), [`state`] (the embedded redb database under `storage.data_dir`),
+//! [`private_fs`] (`0700` directories and `0600` files under `data_dir`),
 //! [`metrics`] (every family; the admin listener), [`telemetry`], [`shutdown`], [`reload`] (`SIGHUP`: re-read the
 //! file, swap TLS and sources whole, or refuse it). Tools: [`tail`] (`hookgate tail`,
 //! prints what lands in the exchange).
@@ -53,6 +54,7 @@ pub mod order;
 pub mod parse;
 pub mod pipeline;
 pub mod poll;
+pub mod private_fs;
 pub mod publish;
 pub mod ratelimit;
 pub mod reload;

@@ -133,7 +133,7 @@ impl Spool {
     /// # Errors
     /// The directory cannot be created or read, or a record cannot be decrypted with `cipher`.
     pub fn open(dir: &Path, cipher: Option<Cipher>, max_bytes: u64) -> Result<(Spool, Recovery), SpoolError> {
-        std::fs::create_dir_all(dir)?;
+        crate::private_fs::create_dir(dir)?;
         let cursor = segment::read_cursor(dir);
         let mut report = Recovery::default();
         let mut queue = VecDeque::new();

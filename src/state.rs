@@ -67,8 +67,11 @@ impl State {
     /// # Errors
     /// The file cannot be created or opened (also: another process holds it).
     pub fn open(data_dir: &Path) -> Result<State, StateError> {
-        std::fs::create_dir_all(data_dir).map_err(err)?;
-        let db = Arc::new(open_db(&data_dir.join("state.redb"))?);
+        crate::private_fs::create_dir(data_dir).map_err(err)?;
+        let path = data_dir.join("state.redb");
+        // Created (or tightened) 0600 before redb opens it: redb itself would create it with the umask.
+        crate::private_fs::ensure_file(&path).map_err(err)?;
+        let db = Arc::new(open_db(&path)?);
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(DEDUP).map_err(err)?;
         txn.open_table(ORDER).map_err(err)?;

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use super::crypto::Cipher;
 use super::format::{self, HEADER_LEN};
 use super::Loc;
+use crate::private_fs;
 
 /// What recovery found, for the start-up log and `spool stats`.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -43,7 +44,7 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<u64>> {
 
 /// Creates a segment with its header, durable (file and directory entry fsynced).
 pub fn create(dir: &Path, id: u64, encrypted: bool) -> std::io::Result<File> {
-    let mut file = OpenOptions::new().create_new(true).read(true).append(true).open(path(dir, id))?;
+    let mut file = private_fs::file_options().create_new(true).read(true).append(true).open(path(dir, id))?;
     file.write_all(&format::header(encrypted))?;
     file.sync_all()?;
     sync_dir(dir)?;
@@ -68,7 +69,7 @@ pub fn read_cursor(dir: &Path) -> u64 {
 /// Replaces the cursor atomically (temp file, fsync, rename, fsync the directory).
 pub fn write_cursor(dir: &Path, seq: u64) -> std::io::Result<()> {
     let tmp = dir.join("cursor.tmp");
-    let mut f = File::create(&tmp)?;
+    let mut f = private_fs::file_options().write(true).create(true).truncate(true).open(&tmp)?;
     let bytes = seq.to_le_bytes();
     f.write_all(&bytes)?;
     f.write_all(&crc32fast::hash(&bytes).to_le_bytes())?;
@@ -141,9 +142,9 @@ pub fn recover(
 /// Copies a corrupt range of segment `id` at `at` to `quarantine/`, fsynced, and logs it (without its bytes).
 pub(super) fn quarantine(dir: &Path, id: u64, at: usize, bytes: &[u8]) -> std::io::Result<PathBuf> {
     let qdir = dir.join("quarantine");
-    fs::create_dir_all(&qdir)?;
+    private_fs::create_dir(&qdir)?;
     let q = qdir.join(format!("{id:020}.{at}.bad"));
-    let mut f = File::create(&q)?;
+    let mut f = private_fs::file_options().write(true).create(true).truncate(true).open(&q)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     tracing::error!(segment = id, offset = at, bytes = bytes.len(), file = %q.display(), "corrupt spool record quarantined");

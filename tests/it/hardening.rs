@@ -75,3 +75,51 @@ async fn content_length_with_transfer_encoding_is_read_by_chunks_then_closed() {
     q.close().await;
     gw.stop().await;
 }
+
+/// Every directory and file under `dir`, with its permission bits.
+#[cfg(unix)]
+fn modes(dir: &std::path::Path, out: &mut Vec<(std::path::PathBuf, bool, u32)>) {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+        let meta = entry.metadata().expect("metadata");
+        out.push((entry.path(), meta.is_dir(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            modes(&entry.path(), out);
+        }
+    }
+}
+
+/// The spool (events with card and patient data) and `state.redb` are the gateway user's alone, whatever the
+/// umask: files `0600`, directories `0700`, also when `data_dir` and `spool/` already existed world-readable.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_dir_files_are_0600_and_directories_0700() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("tempdir");
+    let data = root.path().join("data");
+    std::fs::create_dir_all(data.join("spool")).expect("mkdir");
+    for d in [data.clone(), data.join("spool")] {
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let proxy = crate::support::Proxy::start().await;
+    let opts = crate::support::Opts { data_dir: Some(data.clone()), ..Default::default() };
+    let gw = Gateway::start_opts(GENERIC, &proxy.url(), Default::default(), opts).await;
+    gw.wait_ready().await;
+    proxy.cut();
+    gw.wait_metric("hookgate_broker_connected", 0.0).await;
+    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"private","patient":"x"}"#).await;
+    assert_eq!(r.reason, "Stored");
+    assert_eq!(gw.metric("hookgate_spool_events").await, 1.0, "the event is in a spool segment");
+    let mut found = Vec::new();
+    modes(&data, &mut found);
+    assert!(found.iter().any(|(p, ..)| p.ends_with("state.redb")), "{found:?}");
+    assert!(found.iter().any(|(p, ..)| p.extension().is_some_and(|e| e == "seg")), "{found:?}");
+    found.push((data.clone(), true, std::fs::metadata(&data).expect("data dir").permissions().mode() & 0o777));
+    let open: Vec<_> = found
+        .iter()
+        .filter(|(_, dir, mode)| *mode != if *dir { 0o700 } else { 0o600 })
+        .map(|(p, _, mode)| format!("{} {mode:o}", p.display()))
+        .collect();
+    assert!(open.is_empty(), "readable by others: {open:?}");
+    gw.halt_and_forget().await;
+}
