@@ -133,10 +133,11 @@ impl ClaimGuard {
         self.key.as_deref().unwrap_or_default()
     }
 
-    /// Marks the id stored for `window`, durably, then wakes the waiters. A failure to write is logged: the event
-    /// itself is already durable, and the worst outcome is a provider retry published twice.
-    pub async fn complete(mut self, window: Duration) {
-        let Some(key) = self.key.take() else { return };
+    /// Marks the id stored for `window`, durably, then wakes the waiters. A failure to write is logged and
+    /// returned (for `hookgate_dedup_record_failures_total`): the event itself is already durable, and the worst
+    /// outcome is one provider retry published again (`docs/delivery-semantics.md`).
+    pub async fn complete(mut self, window: Duration) -> RecordFailures {
+        let Some(key) = self.key.take() else { return RecordFailures::default() };
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         let local = self.dedup.inner.state.write(vec![Op::Done { key: key.clone(), expires_ms: now_ms() + window_ms }]);
         let shared = async {
@@ -146,14 +147,32 @@ impl ClaimGuard {
             }
         };
         let (local, shared) = tokio::join!(local, shared);
-        if let Err(error) = local {
+        if let Err(error) = &local {
             tracing::error!(%error, "dedup record not written; a retry may be published again");
         }
-        if let Err(error) = shared {
+        if let Err(error) = &shared {
             tracing::error!(%error, "shared dedup record not written; a retry on another replica may be published again");
         }
         self.token = None;
         release_local(&self.dedup, &key);
+        RecordFailures { local: local.is_err(), shared: shared.is_err() }
+    }
+}
+
+/// Which stores could not record a completed id (each lets a provider retry of it be published again).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[must_use]
+pub struct RecordFailures {
+    /// `state.redb`.
+    pub local: bool,
+    /// Redis (`storage.shared`).
+    pub shared: bool,
+}
+
+impl RecordFailures {
+    /// The `store` label values of the failed records.
+    pub fn stores(self) -> impl Iterator<Item = &'static str> {
+        [("local", self.local), ("shared", self.shared)].into_iter().filter(|(_, failed)| *failed).map(|(s, _)| s)
     }
 }
 
@@ -190,13 +209,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = Dedup::new(State::open(dir.path()).unwrap(), None);
         let Claim::New(g) = d.claim("s", "a", TTL, far()).await else { panic!("first claim") };
-        g.complete(Duration::from_millis(300)).await;
+        assert_eq!(g.complete(Duration::from_millis(300)).await, RecordFailures::default());
         assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::Duplicate));
         assert!(matches!(d.claim("other", "a", TTL, far()).await, Claim::New(_)));
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::New(_)));
         let Claim::New(g) = d.claim("s", "b", TTL, far()).await else { panic!("claim b") };
-        g.complete(Duration::from_secs(60)).await;
+        let _ = g.complete(Duration::from_secs(60)).await;
         drop(d);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let d = Dedup::new(State::open(dir.path()).unwrap(), None);
@@ -219,7 +238,7 @@ mod tests {
         let d3 = d.clone();
         let waiter = tokio::spawn(async move { matches!(d3.claim("s", "b", TTL, far()).await, Claim::Duplicate) });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        g.complete(Duration::from_secs(60)).await;
+        let _ = g.complete(Duration::from_secs(60)).await;
         assert!(waiter.await.unwrap(), "a waiter sees the first one's success as a duplicate");
     }
 }

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub process_start_time: Gauge,
     /// The InstaMed polling families (`poll/metrics.rs`).
     pub poll: crate::poll::metrics::PollMetrics,
+    /// Dedup "done" records not written after a confirmed store, by `store` (`local`, `shared`).
+    pub dedup_record_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -118,6 +120,14 @@ impl Metrics {
         // Both series exist from the start, so `increase(...{outcome="refused"}[1h]) > 0` sees the first refusal.
         for outcome in ["applied", "refused"] {
             config_reloads.with_label_values(&[outcome]);
+        }
+        let dedup_record_failures = counter_vec(
+            "hookgate_dedup_record_failures_total",
+            "Dedup records not written after an event was stored: a retry of it may be published again.",
+            &["store"],
+        );
+        for store in ["local", "shared"] {
+            dedup_record_failures.with_label_values(&[store]);
         }
         let publish_retries = IntCounter::new("hookgate_publish_retries_total", "Publishes to RabbitMQ tried again.")
             .expect("valid counter");
@@ -191,6 +201,7 @@ impl Metrics {
             config_reloads,
             source_ack_timeout,
             process_start_time,
+            dedup_record_failures,
         }
     }
 

@@ -233,10 +233,12 @@ impl Gateway {
         // Storing and recording the id run as their own task: a provider that hangs up (or the answer deadline)
         // cancels this request, but never an event half-way between the broker's confirm and its dedup record.
         // A failure drops the guard, which releases the claim: the provider's retry is admitted.
-        let (sink, window) = (self.sink.clone(), source.dedup_window);
+        let (sink, window, metrics) = (self.sink.clone(), source.dedup_window, self.metrics.clone());
         let event = tokio::spawn(async move {
             sink.store(&event, deadline).await?;
-            guard.complete(window).await;
+            for store in guard.complete(window).await.stores() {
+                metrics.dedup_record_failures.with_label_values(&[store]).inc();
+            }
             Ok::<Event, crate::store::StoreError>(event)
         })
         .await

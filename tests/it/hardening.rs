@@ -123,3 +123,52 @@ async fn data_dir_files_are_0600_and_directories_0700() {
     assert!(open.is_empty(), "readable by others: {open:?}");
     gw.halt_and_forget().await;
 }
+
+/// A TCP forwarder to the shared Redis that drops the connection instead of passing on a command carrying
+/// `done`: the dedup record written after a confirmed publish fails, everything before it works.
+async fn redis_refusing_done() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect("127.0.0.1:6379").await else { return };
+                let ((mut cr, mut cw), (mut ur, mut uw)) = (client.into_split(), upstream.into_split());
+                let up = async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                        let chunk = &buf[..n];
+                        if chunk.windows(10).any(|w| w == b"$4\r\ndone\r\n") || uw.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! { () = up => {}, _ = tokio::io::copy(&mut ur, &mut cw) => {} }
+            });
+        }
+    });
+    addr
+}
+
+/// The event is confirmed, then its shared dedup record cannot be written: still `200 Stored`, and the failure
+/// is counted (`hookgate_dedup_record_failures_total{store="shared"}`), not only logged. The local record holds,
+/// so this replica still answers the provider's retry `200 Duplicate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_dedup_record_after_a_confirmed_publish_is_counted() {
+    let prefix = crate::support::unique("hookgate-record");
+    let redis = redis_refusing_done().await;
+    let storage = format!("shared = \"redis://{redis}\"\nshared_prefix = \"{prefix}\"\n");
+    let opts = crate::support::Opts { storage, ..Default::default() };
+    let gw = Gateway::start_opts(GENERIC, &crate::support::amqp_url(), Default::default(), opts).await;
+    let mut q = gw.queue("generic.#").await;
+    let body = br#"{"event":"recorded"}"#;
+    assert_eq!(gw.post("/webhooks/generic", &JSON, body).await.reason, "Stored");
+    assert_eq!(q.exactly_one(WAIT).await.body, body);
+    assert_eq!(gw.metric("hookgate_dedup_record_failures_total{store=\"shared\"}").await, 1.0);
+    assert_eq!(gw.metric("hookgate_dedup_record_failures_total{store=\"local\"}").await, 0.0);
+    assert_eq!(gw.post("/webhooks/generic", &JSON, body).await.reason, "Duplicate");
+    q.close().await;
+    gw.stop().await;
+    crate::shared::cleanup(&prefix).await;
+}
