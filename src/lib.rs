@@ -13,7 +13,8 @@
 //! - [`listener`]: accept loop, connection cap, PROXY v2 header, TLS handshake timeout, HTTP/2 or HTTP/1.1 by
 //!   ALPN (a bounded sniff on plain HTTP), idle connections closed, drain.
 //! - [`client_addr`]: the client address — socket, or PROXY header / `X-Forwarded-For` from trusted proxies.
-//! - [`http`]: the per-connection hyper service; body reading under a byte cap and a time limit.
+//! - [`http`]: the per-connection hyper service; the header cap; body reading under a byte cap, a time limit and
+//!   the in-flight body budget shared by all connections.
 //! - [`pipeline`]: calls the stages below in order for one request; no other logic.
 //! - [`router`]: (method, path) → configured [`source::Source`]; path parameters.
 //! - [`ratelimit`]: governor buckets per client address, global and per source → 429; the pruned, capped
