@@ -123,7 +123,10 @@ fn spool(config: &Config, action: SpoolAction) -> ExitCode {
 
 fn check_config(config: &Config) -> ExitCode {
     // Building every source resolves its secrets, so a missing variable or file is caught here too.
-    if let Err(e) = hookgate::source::build_all(config, &ProcessEnv).and_then(|_| config.broker_url(&ProcessEnv)) {
+    let built = hookgate::source::build_all(config, &ProcessEnv)
+        .and_then(|_| hookgate::poll::check_all(config, &ProcessEnv))
+        .and_then(|_| config.broker_url(&ProcessEnv));
+    if let Err(e) = built {
         eprintln!("hookgate: invalid configuration: {e}");
         return ExitCode::from(EXIT_USAGE);
     }

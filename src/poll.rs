@@ -92,13 +92,7 @@ impl Poller {
         (state, metrics): (State, Metrics),
     ) -> Result<Self, ConfigError> {
         let key = format!("pollers.{name}");
-        let password = config::secret::resolve_one(
-            &format!("{key}.password"),
-            cfg.password.as_ref().map(|s| s.0.as_str()),
-            cfg.password_env.as_deref(),
-            cfg.password_file.as_deref(),
-            env,
-        )?;
+        let password = password(name, cfg, env)?;
         let uri =
             |k: &str, v: &str| v.parse::<http::Uri>().map_err(|_| ConfigError::key(&format!("{key}.{k}"), "not a URL"));
         let client = client::HttpClient::new(cfg.request_timeout.0)
@@ -242,6 +236,29 @@ impl Poller {
             self.gauge(s).set(counts.get(&s).copied().unwrap_or(0));
         }
     }
+}
+
+/// The SSO password of a poller, from exactly one of `password`, `password_env`, `password_file`.
+fn password(name: &str, cfg: &config::Poller, env: &dyn Env) -> Result<crate::config::secret::Secret, ConfigError> {
+    config::secret::resolve_one(
+        &format!("pollers.{name}.password"),
+        cfg.password.as_ref().map(|s| s.0.as_str()),
+        cfg.password_env.as_deref(),
+        cfg.password_file.as_deref(),
+        env,
+    )
+}
+
+/// Resolves every poller's secrets and auth methods without starting anything (`hookgate check-config`).
+///
+/// # Errors
+/// The first key that cannot be used.
+pub fn check_all(cfg: &config::Config, env: &dyn Env) -> Result<(), ConfigError> {
+    for (name, p) in &cfg.pollers {
+        password(name, p, env)?;
+        Verifier::build(&format!("pollers.{name}"), &p.auth, &cfg.server, env)?;
+    }
+    Ok(())
 }
 
 /// Builds every configured poller.

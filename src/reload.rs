@@ -267,6 +267,20 @@ mod tests {
     }
 
     #[test]
+    fn pollers_change_only_at_a_restart() {
+        let poller = |interval: &str| {
+            format!(
+                "[sources.im]\npreset = \"instamed\"\nunauthenticated = true\n[pollers.p]\nsource = \"im\"\n\
+                 account_id = \"a\"\nalias = \"b\"\npassword = \"c\"\nmerchant_id = \"m\"\nstore_id = \"s\"\n\
+                 terminal_id = \"t\"\nunauthenticated = true\ninterval = \"{interval}\"\n"
+            )
+        };
+        assert!(restart_only(&config(&poller("10s")), &config(&poller("10s"))).is_empty());
+        assert_eq!(restart_only(&config(&poller("10s")), &config(&poller("5s"))), ["pollers.p.interval"]);
+        assert_eq!(restart_only(&config(""), &config(&poller("10s"))), ["pollers.p"]);
+    }
+
+    #[test]
     fn a_redacted_change_names_its_table() {
         let running = config("[broker]\nurl = \"amqp://u:old@h/\"");
         let new = config("[broker]\nurl = \"amqp://u:new@h/\"");

@@ -47,6 +47,27 @@ fn a_bad_config_exits_64_naming_file_and_key() {
 }
 
 #[test]
+fn check_config_resolves_the_pollers_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("poll.toml");
+    let text = "[sources.im]\npreset = \"instamed\"\nunauthenticated = true\n[pollers.im]\nsource = \"im\"\n\
+                account_id = \"a\"\nalias = \"b\"\npassword_env = \"HOOKGATE_TEST_UNSET_SSO\"\nmerchant_id = \"m\"\n\
+                store_id = \"s\"\nterminal_id = \"t\"\nunauthenticated = true\n";
+    std::fs::write(&path, text).unwrap();
+    let (code, _, err) = hookgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(err.contains("pollers.im.password_env") && err.contains("HOOKGATE_TEST_UNSET_SSO is not set"), "{err}");
+    std::fs::write(&path, text.replace("password_env = \"HOOKGATE_TEST_UNSET_SSO\"", "password = \"sso-s3cret\""))
+        .unwrap();
+    let (code, out, err) = hookgate(&["check-config", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[pollers.im]") && out.contains("token_ttl = \"15m\"") && !out.contains("sso-s3cret"),
+        "{out}"
+    );
+}
+
+#[test]
 fn usage_errors_exit_64() {
     assert_eq!(hookgate(&["run"]).0, 64);
     assert_eq!(hookgate(&["frobnicate", "--config", "x"]).0, 64);
