@@ -64,3 +64,29 @@ async fn registration_answers() {
     assert!(fake.soap_calls("Zm9vYmFy").is_empty());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn concurrent_registrations_of_one_token_are_one_job_and_max_jobs_holds() {
+    let fake = Fake::start().await;
+    let gw = start(&fake, "token_ttl = \"60s\"\ninterval = \"1s\"\nmax_jobs = 3").await;
+    let t = token();
+    let answers = futures_util::future::join_all((0..10).map(|_| register(&gw, &t))).await;
+    let registered: Vec<_> = answers
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 202);
+            serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["registered_at"].clone()
+        })
+        .collect();
+    assert!(registered.iter().all(|r| *r == registered[0]), "one job: {registered:?}");
+    assert_eq!(gw.metric(&jobs("pending")).await, 1.0);
+    for _ in 0..2 {
+        assert_eq!(register(&gw, &token()).await.status, 202);
+    }
+    let r = register(&gw, &token()).await;
+    assert_eq!((r.status, r.reason.as_str()), (503, "Too Many Jobs"));
+    assert!(r.headers.get("retry-after").is_some());
+    assert_eq!(register(&gw, &t).await.status, 202, "a known token is still answered");
+    assert_eq!(gw.metric(&jobs("pending")).await, 3.0);
+    gw.stop().await;
+}
