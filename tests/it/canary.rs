@@ -1,7 +1,8 @@
 //! Nothing sensitive leaks (issue 12, item 5). Canary values — a card number, a patient's name, a secret — are
 //! driven through every refusal path and through an event the broker returns as unroutable (a real
 //! `basic.return`, which lapin logs with the whole message), against a real gateway process in JSON and in text
-//! format, at the default level and at `RUST_LOG=trace`. Its logs, its metrics and every answer body are then
+//! format, at the default level, at `RUST_LOG=trace`, at `logging.level = "trace"` and with `RUST_LOG` naming each
+//! dependency at trace. Its logs, its metrics and every answer body are then
 //! searched for each canary as text, hex, base64 (every alignment) and as a decimal byte list.
 
 use std::time::Duration;
@@ -106,7 +107,7 @@ async fn delete(name: &str) {
     let _ = conn.close(200, "done".into()).await;
 }
 
-fn config(dir: &std::path::Path, exchange: &str, format: &str) -> std::path::PathBuf {
+fn config(dir: &std::path::Path, exchange: &str, format: &str, level: &str) -> std::path::PathBuf {
     let (port, admin) = (free_port(), free_port());
     let base = base_config(exchange, &amqp_url(), &format!("listen = \"127.0.0.1:{port}\"\n")).replacen(
         "[server]\n",
@@ -114,7 +115,7 @@ fn config(dir: &std::path::Path, exchange: &str, format: &str) -> std::path::Pat
         1,
     );
     let text = format!(
-        "{base}{SOURCES}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[logging]\nformat = \"{format}\"\nlevel = \"info\"\n\
+        "{base}{SOURCES}\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n[logging]\nformat = \"{format}\"\nlevel = \"{level}\"\n\
          [storage]\ndata_dir = \"{}\"\n",
         dir.join("data").display()
     );
@@ -188,12 +189,13 @@ async fn h2_refusal(client: &Client) -> (u16, Bytes) {
     (status, resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default())
 }
 
-/// One gateway process in `format` at `rust_log`: drive everything, then search logs, metrics and answers.
-async fn run(format: &str, rust_log: Option<&str>) -> Vec<String> {
+/// One gateway process in `format` at `level` / `rust_log`: drive everything, then search logs, metrics and
+/// answers.
+async fn run(format: &str, level: &str, rust_log: Option<&str>) -> Vec<String> {
     let dir = tempfile::tempdir().expect("tempdir");
     let exchange = unique("canary");
     bare_exchange(&exchange).await;
-    let mut gw = Proc::spawn_rust_log(&config(dir.path(), &exchange, format), rust_log).await;
+    let mut gw = Proc::spawn_rust_log(&config(dir.path(), &exchange, format, level), rust_log).await;
     let answers = drive(&gw.client).await;
     // The unroutable event really came back from the broker as a basic.return.
     let mut returned = 0.0;
@@ -210,7 +212,7 @@ async fn run(format: &str, rust_log: Option<&str>) -> Vec<String> {
     gw.kill();
     let log = gw.output();
     delete(&exchange).await;
-    let run = format!("{format} RUST_LOG={rust_log:?}");
+    let run = format!("{format} level={level} RUST_LOG={rust_log:?}");
     assert!(returned >= 1.0, "{run}: the broker returned nothing; answers {answers:?}\n{log}");
     assert!(log.contains("delivery refused"), "{run}: the process logged its refusals:\n{log}");
     let refused: Vec<_> = answers.iter().filter(|(case, s, _)| !case.starts_with("unroutable") && *s == 200).collect();
@@ -237,8 +239,18 @@ fn every_form_of_a_canary_is_searched() {
 #[tokio::test]
 async fn canaries_never_reach_logs_metrics_or_answers() {
     let mut found = Vec::new();
-    for (format, rust_log) in [("json", None), ("text", None), ("json", Some("trace")), ("text", Some("trace"))] {
-        found.extend(run(format, rust_log).await);
+    // Default level, `RUST_LOG=trace`, `logging.level = "trace"`, and directives naming each dependency.
+    let by_name = "trace,lapin=trace,amq_protocol=trace,h2=trace,hyper=trace,rustls=trace,redis=trace";
+    let runs = [
+        ("json", "info", None),
+        ("text", "info", None),
+        ("json", "info", Some("trace")),
+        ("text", "info", Some("trace")),
+        ("json", "trace", None),
+        ("text", "info", Some(by_name)),
+    ];
+    for (format, level, rust_log) in runs {
+        found.extend(run(format, level, rust_log).await);
     }
     assert!(found.is_empty(), "canaries leaked:\n{}", found.join("\n"));
 }
