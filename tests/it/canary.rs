@@ -254,3 +254,67 @@ async fn canaries_never_reach_logs_metrics_or_answers() {
     }
     assert!(found.is_empty(), "canaries leaked:\n{}", found.join("\n"));
 }
+
+/// A POST over TLS with `cfg`: the status and body, or why there was none (a refused handshake).
+async fn tls_post(
+    addr: std::net::SocketAddr,
+    cfg: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<(u16, Bytes), String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, stream).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/webhooks/cert")
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body())))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default()))
+}
+
+/// The client-certificate refusals, over TLS: a certificate of the trusted CA whose subject (the secret) and
+/// serial number (the card number) the source does not allow (`403`), and one of a foreign CA (handshake
+/// refused) — at `RUST_LOG` trace for every dependency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canaries_in_client_certificates_never_reach_logs_or_answers() {
+    let pki = crate::support::Pki::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (port, admin) = (free_port(), free_port());
+    let exchange = unique("canary-tls");
+    let text = format!(
+        "{}{}[sources.cert]\npreset = \"generic\"\n[sources.cert.auth]\nclient_cert = {{ subjects = [\"CN=allowed-sender\"] }}\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n[logging]\nformat = \"json\"\n[storage]\ndata_dir = \"{}\"\n",
+        base_config(&exchange, &amqp_url(), &format!("listen = \"127.0.0.1:{port}\"\n")),
+        pki.server_toml(true),
+        dir.path().join("data").display()
+    );
+    let path = dir.path().join("tls.toml");
+    std::fs::write(&path, text).expect("write config");
+    let by_name = "trace,lapin=trace,h2=trace,hyper=trace,rustls=trace,tokio_rustls=trace";
+    let mut gw = Proc::spawn_rust_log(&path, Some(by_name)).await;
+    let card_serial: u64 = CARD.parse().expect("digits");
+    let refused = pki.client_config(Some(pki.client_with_serial(SECRET, card_serial)), &[b"http/1.1"]);
+    let (status, answer) = tls_post(gw.client.addr, refused).await.expect("an answer");
+    assert_eq!(status, 403, "a subject the source does not allow");
+    let foreign = crate::support::Pki::new();
+    let stranger = pki.client_config(Some(foreign.client(SECRET)), &[b"http/1.1"]);
+    assert!(tls_post(gw.client.addr, stranger).await.is_err(), "a foreign CA's certificate fails the handshake");
+    let metrics = gw.admin.try_get("/metrics").await.map(|(_, t)| t).unwrap_or_default();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.kill();
+    let log = gw.output();
+    delete(&exchange).await;
+    assert!(log.contains("delivery refused"), "{log}");
+    let serial = [card_serial.to_string(), format!("{card_serial:x}"), format!("{card_serial:X}")];
+    let mut found = leaks("tls log", &log);
+    found.extend(leaks("tls metrics", &metrics));
+    found.extend(leaks("tls answer", &String::from_utf8_lossy(&answer)));
+    found.extend(serial.iter().filter(|s| log.contains(s.as_str())).map(|s| format!("serial {s} in the log")));
+    assert!(found.is_empty(), "canaries leaked:\n{}", found.join("\n"));
+}
