@@ -10,9 +10,13 @@ import base64
 import json
 import os
 import re
+import socket
+import ssl
 import subprocess
 import sys
 import tempfile
+import time
+import http.client
 
 import kubernetes_validate
 import yaml
@@ -199,9 +203,89 @@ def check_config(docs, existing=None):
         effective = p.stdout
         ok(f'listen = "0.0.0.0:{ports["admin"]}"' in effective and f'listen = "0.0.0.0:{ports["public"]}"' in effective, "listen addresses match the container ports")
         data_mount = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "data"][0]
-        ok(f'data_dir = "{root}{data_mount}"' in effective, "data_dir is the volumeClaimTemplate's mount")
+        ok(f'data_dir = "{root}{data_mount}/' in effective, "data_dir is on the volumeClaimTemplate's mount")
         ok("<redacted>" in effective or "url_env" in effective, "secrets redacted")
         return effective
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def post(port, cafile, path, body, headers):
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.check_hostname = False  # the chart's certificate names the Service, the test dials 127.0.0.1
+    conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    conn.request("POST", path, body, headers)
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    return r.status, r.reason
+
+
+def run_replicas(docs, prefix):
+    """Runs every replica of the StatefulSet as the pod would (its own volume, the same ConfigMap and Secrets),
+    with the listen ports moved to free loopback ones and the broker URL pointed at the local RabbitMQ; each must
+    turn ready, and a provider retry answered by another replica must be a duplicate (the shared Redis)."""
+    sts = by_kind(docs, "StatefulSet")[0]
+    pod = sts["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    procs, replicas = [], []
+    with tempfile.TemporaryDirectory() as base:
+        try:
+            for i in range(sts["spec"]["replicas"]):
+                root = os.path.join(base, f"{sts['metadata']['name']}-{i}")
+                env = mount_pod(docs, c, pod, root, {})
+                config_path = root + c["args"][2]
+                text = open(config_path).read()
+                mounts = [m["mountPath"] for m in c["volumeMounts"]]
+                under = lambda path: any(path == m or path.startswith(m + "/") for m in mounts)
+                text = re.sub(r'"(/[^"]*)"', lambda x: f'"{root}{x.group(1)}"' if under(x.group(1)) else x.group(0), text)
+                public, admin = free_port(), free_port()
+                text = text.replace('listen = "0.0.0.0:8443"', f'listen = "127.0.0.1:{public}"').replace('listen = "0.0.0.0:9090"', f'listen = "127.0.0.1:{admin}"')
+                open(config_path, "w").write(text)
+                env["HOOKGATE_BROKER_URL"] = "amqp://guest:guest@127.0.0.1:5672/%2f"
+                log = open(os.path.join(base, f"replica-{i}.log"), "w")
+                procs.append(subprocess.Popen([HOOKGATE] + c["args"][:1] + ["--config", config_path], env=dict(os.environ, **env), stdout=log, stderr=subprocess.STDOUT))
+                replicas.append((public, admin, root))
+            for i, (public, admin, root) in enumerate(replicas):
+                deadline = time.monotonic() + 60
+                while True:
+                    ok(procs[i].poll() is None, f"replica {i} exited {procs[i].returncode}: {open(os.path.join(base, f'replica-{i}.log')).read()[-2000:]}")
+                    try:
+                        conn = http.client.HTTPConnection("127.0.0.1", admin, timeout=2)
+                        conn.request("GET", "/readyz")
+                        if conn.getresponse().status == 200:
+                            break
+                    except OSError:
+                        pass
+                    ok(time.monotonic() < deadline, f"replica {i} not ready in 60 s")
+                    time.sleep(0.2)
+            secrets = {d["metadata"]["name"]: d for d in by_kind(docs, "Secret")}
+            providers = [d for n, d in secrets.items() if n.endswith("-providers")][0]
+            password = base64.b64decode(providers["data"]["instamed-password"]).decode()
+            basic = "Basic " + base64.b64encode(f"instamed:{password}".encode()).decode()
+            fixture = json.load(open(os.path.join(ROOT, "tests", "fixtures", "instamed-approved.json")))
+            body = json.dumps(dict(fixture, TransactionID=f"{prefix}-{time.time_ns()}"))
+            headers = {"Authorization": basic, "Content-Type": "application/json"}
+            answers = []
+            for public, _, root in replicas:
+                cafile = root + "/etc/hookgate/tls/tls.crt"
+                answers.append(post(public, cafile, "/webhooks/instamed", body, headers))
+            ok(answers == [(200, "Stored")] + [(200, "Duplicate")] * (len(replicas) - 1), f"one event, then a retry on each other replica: {answers}")
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                try:
+                    rc = p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    raise AssertionError("a replica did not drain and exit within 30 s of SIGTERM")
+                ok(rc == 0, f"a replica exited {rc} after SIGTERM")
+    return len(replicas)
 
 
 def drain_seconds(docs):
@@ -292,6 +376,17 @@ def main():
     eff = check_config(docs)
     ok('shared = "redis://127.0.0.1:6379"' in eff and 'shared_prefix = "gw-hookgate"' in eff, "replicas share Redis under the release's prefix")
     print("replicaCount 3 + sharedStore: check-config ok")
+    # ... and every replica runs with it: the shared RabbitMQ (own exchange), the shared Redis (own prefix).
+    prefix = f"hookgate-deploy-test-{os.getpid()}"
+    docs = helm_template("-f", os.path.join(CHART, "ci", "replicas-values.yaml"), "--set", f"sharedStore.prefix={prefix}",
+                         "--set", "config.broker.exchange=hookgate.deploy-test")
+    try:
+        n = run_replicas(docs, prefix)
+    finally:
+        keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{prefix}*"], capture_output=True, text=True).stdout.split()
+        if keys:
+            subprocess.run(["redis-cli", "del", *keys], capture_output=True)
+    print(f"replicaCount 3 + sharedStore: {n} replicas ready on the rendered config; a retry on another replica is a Duplicate; each drains and exits 0")
 
     # Renders that must be refused, with the reason.
     err = helm_template("--set", "replicaCount=3", expect_fail=True)

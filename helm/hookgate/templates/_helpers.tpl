@@ -48,6 +48,7 @@ clientCA: /etc/hookgate/client-ca
 spoolKey: /etc/hookgate/spool-key
 secrets: /etc/hookgate/secrets
 data: /var/lib/hookgate
+dataDir: /var/lib/hookgate/data
 {{- end -}}
 
 {{- define "hookgate.tlsSecretName" -}}
@@ -135,7 +136,8 @@ mounted file paths, data_dir, the shared store, the broker URL variable).
 {{- $_ := set $broker "url_env" "HOOKGATE_BROKER_URL" -}}
 {{- $_ := set $c "broker" $broker -}}
 {{- $storage := default dict $c.storage -}}
-{{- $_ := set $storage "data_dir" $p.data -}}
+{{- /* A directory of its own on the volume: the gateway makes it 0700 (the volume root belongs to root). */ -}}
+{{- $_ := set $storage "data_dir" $p.dataDir -}}
 {{- $_ := unset $storage "spool_key_env" -}}
 {{- if .Values.spoolKey.enabled -}}
 {{- $_ := set $storage "spool_key_file" (printf "%s/%s" $p.spoolKey .Values.spoolKey.key) -}}
