@@ -361,6 +361,9 @@ fn validate_source(
     if let Some(b) = s.rate_limit {
         validate_bucket(&key("rate_limit"), b)?;
     }
+    if let Some(types) = &mut s.content_types {
+        validate_content_types(&key("content_types"), types)?;
+    }
     if let Some(ids) = &s.event.id {
         if ids.is_empty() {
             return Err(ConfigError::key(&key("event.id"), "list at least one field name"));
@@ -408,6 +411,24 @@ fn without_value(message: &str) -> String {
         return format!("unknown variant {HIDDEN}{expected}");
     }
     message.to_string()
+}
+
+/// Each entry must be a media type hookgate reads (JSON, XML or form-encoded); stored as its lower-case essence.
+fn validate_content_types(key: &str, types: &mut [String]) -> Result<(), ConfigError> {
+    if types.is_empty() {
+        return Err(ConfigError::key(key, "list at least one media type, e.g. [\"application/json\"]"));
+    }
+    for t in types.iter_mut() {
+        let essence = crate::parse::essence(t);
+        if t.contains(';') || !essence.contains('/') || crate::parse::format_of(Some(&essence), 1).is_err() {
+            return Err(ConfigError::key(
+                key,
+                format!("{t:?} is not a JSON, XML or form-encoded media type (application/json, application/xml, text/xml, application/x-www-form-urlencoded, */*+json, */*+xml)"),
+            ));
+        }
+        *t = essence;
+    }
+    Ok(())
 }
 
 /// 1-based line number of a byte offset.

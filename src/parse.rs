@@ -44,8 +44,7 @@ pub fn format_of(content_type: Option<&str>, body_len: usize) -> Result<Format, 
     let Some(ct) = content_type else {
         return if body_len == 0 { Ok(Format::Empty) } else { Err(ParseError::UnsupportedMediaType) };
     };
-    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    match essence.as_str() {
+    match essence(ct).as_str() {
         "application/json" | "text/json" => Ok(Format::Json),
         "application/xml" | "text/xml" => Ok(Format::Xml),
         "application/x-www-form-urlencoded" => Ok(Format::Nvp),
@@ -53,6 +52,11 @@ pub fn format_of(content_type: Option<&str>, body_len: usize) -> Result<Format, 
         e if e.ends_with("+xml") => Ok(Format::Xml),
         _ => Err(ParseError::UnsupportedMediaType),
     }
+}
+
+/// The media type without parameters, lower-case (`Application/JSON; charset=utf-8` → `application/json`).
+pub fn essence(content_type: &str) -> String {
+    content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase()
 }
 
 /// Parses a body of the given format.

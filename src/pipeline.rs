@@ -174,7 +174,7 @@ impl Gateway {
             read_body(body, content_length, source.max_body_bytes, body_until, &self.reading.bodies).await?;
         unverified.body = bytes;
         let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
-        let (format, payload) = parse_body(&request)?;
+        let (format, payload) = parse_body(source, &request)?;
         let (params, query) = (params, query_pairs(request.parts().uri.query()));
         let (content_type, body) = published_body(&request, format, &params, &query);
         let signed = signed_only(source, &request);
@@ -354,13 +354,17 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
     query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
 }
 
-/// Content type → parsed payload. A body-less delivery (Tyro GET/DELETE) has no content type.
-fn parse_body(request: &Authenticated) -> Result<(Format, Payload), PipelineError> {
+/// Content type → parsed payload, if the source takes that type. A body-less delivery (Tyro GET/DELETE) has no
+/// content type.
+fn parse_body(source: &Source, request: &Authenticated) -> Result<(Format, Payload), PipelineError> {
     let content_type = request.parts().headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}"));
     if content_type.is_some_and(|ct| ct.len() > 255) {
         return Err(parse::ParseError::UnsupportedMediaType.into());
     }
     let format = parse::format_of(content_type, request.body().len())?;
+    if !source.accepts.allows(format, content_type) {
+        return Err(parse::ParseError::UnsupportedMediaType.into());
+    }
     Ok((format, parse::parse(format, request.body())?))
 }
 

@@ -10,6 +10,7 @@ use crate::auth::Verifier;
 use crate::config::{self, secret::Env, ConfigError, Preset};
 use crate::normalize::FieldRules;
 use crate::ratelimit::{self, Limit};
+use crate::parse::Format;
 use crate::router::PathPattern;
 
 /// One provider endpoint.
@@ -30,6 +31,29 @@ pub struct Source {
     pub rules: FieldRules,
     /// `rate_limit`: this source's own bucket (rebuilt with the source, so a reload resets it).
     pub rate_limit: Option<ratelimit::Bucket>,
+    /// What bodies the source takes (`415` otherwise).
+    pub accepts: Accepts,
+}
+
+/// The content types a source takes: its preset's formats (SPEC §1), or the `content_types` list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepts {
+    Formats(&'static [Format]),
+    /// Lower-case media type essences.
+    Types(Vec<String>),
+}
+
+impl Accepts {
+    /// Whether a body of `format`, sent as `content_type`, is taken. A body-less delivery always is.
+    pub fn allows(&self, format: Format, content_type: Option<&str>) -> bool {
+        if format == Format::Empty {
+            return true;
+        }
+        match self {
+            Accepts::Formats(formats) => formats.contains(&format),
+            Accepts::Types(types) => content_type.is_some_and(|ct| types.contains(&crate::parse::essence(ct))),
+        }
+    }
 }
 
 impl Source {
@@ -70,6 +94,10 @@ impl Source {
             verifier: Verifier::build(&key, &cfg.auth, server, env)?,
             rules: FieldRules::new(cfg.preset, &cfg.event),
             rate_limit: cfg.rate_limit.map(|b| ratelimit::Bucket::new(b, Limit::Source)),
+            accepts: match &cfg.content_types {
+                Some(types) => Accepts::Types(types.iter().map(|t| crate::parse::essence(t)).collect()),
+                None => Accepts::Formats(cfg.preset.default_formats()),
+            },
         })
     }
 

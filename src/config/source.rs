@@ -46,6 +46,15 @@ impl Preset {
         }
     }
 
+    /// The body formats the provider sends (SPEC §1); anything else is `415`.
+    pub fn default_formats(self) -> &'static [crate::parse::Format] {
+        use crate::parse::Format;
+        match self {
+            Preset::Instamed | Preset::Generic => &[Format::Json, Format::Xml, Format::Nvp],
+            Preset::Tyro | Preset::PrepaidCard | Preset::StandardWebhooks => &[Format::Json],
+        }
+    }
+
     pub fn default_retry_status(self) -> u16 {
         match self {
             Preset::Tyro => 500,
@@ -77,6 +86,9 @@ pub struct Source {
     pub rate_limit: Option<Bucket>,
     #[serde(default)]
     pub unauthenticated: bool,
+    /// Media types accepted (`application/json`, ...), overriding the preset's formats; absent: the preset's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_types: Option<Vec<String>>,
     #[serde(default)]
     pub auth: Auth,
     #[serde(default)]

@@ -84,6 +84,15 @@ fn each_kind_of_mistake_is_explained() {
         ("[logging]\nlevel = \"[[\"\n", "`logging.level`"),
         ("[rate_limits]\nmax_clients = 0\n", "`rate_limits.max_clients`: must be between 1"),
         ("[rate_limits]\nper_client = { per_second = 0, burst = 1 }\n", "`rate_limits.per_client`"),
+        (
+            "[sources.a]\npreset = \"generic\"\nunauthenticated = true\ncontent_types = [\"text/plain\"]\n",
+            "`sources.a.content_types`: \"text/plain\" is not a JSON, XML or form-encoded media type",
+        ),
+        ("[sources.a]\npreset = \"generic\"\nunauthenticated = true\ncontent_types = []\n", "list at least one"),
+        (
+            "[sources.a]\npreset = \"tyro\"\nunauthenticated = true\ncontent_types = [\"application/json; q=1\"]\n",
+            "`sources.a.content_types`",
+        ),
     ];
     for (text, expected) in cases {
         let text =

@@ -6,6 +6,7 @@ mod auth;
 mod broker_failures;
 mod canary;
 mod cli;
+mod content_types;
 mod crash;
 mod dedup;
 mod edge;
