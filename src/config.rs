@@ -110,6 +110,16 @@ impl Config {
     /// Checks rules across fields and fills in preset defaults.
     pub fn validate(mut self) -> Result<Config, ConfigError> {
         self.validate_broker()?;
+        let exchange = &self.broker.exchange;
+        self.broker.alternate_exchange.get_or_insert_with(|| format!("{exchange}.unrouted"));
+        if let Some(ae) = self.broker.alternate() {
+            if ae == exchange || ae.len() > 255 {
+                return Err(ConfigError::key(
+                    "broker.alternate_exchange",
+                    "must differ from broker.exchange and be at most 255 bytes (\"\" turns it off)",
+                ));
+            }
+        }
         self.validate_storage()?;
         self.validate_limits()?;
         if self.sources.is_empty() {
@@ -191,8 +201,8 @@ impl Config {
                 return Err(ConfigError::key("broker.url", "must start with amqp:// or amqps://"));
             }
         }
-        if self.broker.exchange.is_empty() {
-            return Err(ConfigError::key("broker.exchange", "must not be empty"));
+        if self.broker.exchange.is_empty() || self.broker.exchange.len() > 240 {
+            return Err(ConfigError::key("broker.exchange", "must be 1 to 240 bytes"));
         }
         if self.broker.publish_timeout.0.is_zero() {
             return Err(ConfigError::key("broker.publish_timeout", "must be greater than zero"));

@@ -157,7 +157,8 @@ impl App {
         // Replay runs first: until the drainer has seen the spool empty, /readyz is 503 and new events queue
         // behind the spooled ones.
         let replayed = Arc::new(AtomicBool::new(storage.spool.is_empty()));
-        let store = Store::new(publisher.clone(), storage.spool.clone(), replayed.clone(), metrics.clone());
+        let spools = (storage.spool.clone(), storage.parked.clone());
+        let store = Store::new(publisher.clone(), spools, replayed.clone(), metrics.clone());
         let sink: Arc<dyn Sink> = Arc::new(store);
         let drainer = spool::Drainer {
             spool: storage.spool,
@@ -315,6 +316,7 @@ pub fn publish_settings(config: &Config, env: &dyn Env) -> anyhow::Result<publis
         url: config.broker_url(env)?,
         exchange: config.broker.exchange.clone(),
         declare_exchange: config.broker.declare_exchange,
+        alternate_exchange: config.broker.alternate().map(str::to_string),
         publish_timeout: config.broker.publish_timeout.0,
         channels: CONFIRM_CHANNELS,
     })

@@ -14,8 +14,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -62,6 +62,9 @@ pub struct Metrics {
     pub poll: crate::poll::metrics::PollMetrics,
     /// Dedup "done" records not written after a confirmed store, by `store` (`local`, `shared`).
     pub dedup_record_failures: IntCounterVec,
+    pub unroutable: IntCounterVec,
+    pub tls_cert_expiry: IntGaugeVec,
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -164,9 +167,18 @@ impl Metrics {
         registry.register(Box::new(process_start_time.clone())).expect("registered once");
         process_start_time.set(unix_now());
         let poll = crate::poll::metrics::PollMetrics::register(&registry);
+        let unroutable = counter_vec(
+            "hookgate_unroutable_total",
+            "Events no binding matched (kept in the alternate exchange or parked in the spool).",
+            &["source"],
+        );
+        let (tls_cert_expiry, build_info) = info_gauges(&registry);
         Metrics {
             poll,
             spool_max_bytes: gauge("hookgate_spool_max_bytes", "storage.spool_max_bytes: the cap of the spool."),
+            unroutable,
+            tls_cert_expiry,
+            build_info,
             spool_events: gauge("hookgate_spool_events", "Events waiting in the spool."),
             spool_bytes: gauge("hookgate_spool_bytes", "Bytes of undrained spool records (against spool_max_bytes)."),
             spool_parked: gauge(
@@ -225,6 +237,23 @@ impl Metrics {
 
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// `hookgate_tls_cert_expiry_timestamp_seconds{listener}` and `hookgate_build_info{version}` (always 1).
+fn info_gauges(registry: &Registry) -> (IntGaugeVec, IntGaugeVec) {
+    let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
+        registry.register(Box::new(g.clone())).expect("registered once");
+        g
+    };
+    let expiry = gauge_vec(
+        "hookgate_tls_cert_expiry_timestamp_seconds",
+        "notAfter of the served certificate, Unix seconds.",
+        &["listener"],
+    );
+    let build = gauge_vec("hookgate_build_info", "The running build; always 1.", &["version"]);
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    (expiry, build)
 }
 
 impl Default for Metrics {

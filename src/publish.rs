@@ -15,6 +15,7 @@
 mod channel;
 mod message;
 mod supervisor;
+mod unrouted;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -29,6 +30,15 @@ use crate::metrics::Metrics;
 use crate::store::StoreError;
 
 pub use message::amqp_message;
+
+/// Declares the exchange and its alternate exchange exactly as the gateway does (for `hookgate tail`, which may
+/// start first).
+///
+/// # Errors
+/// The broker refused a declaration (other than the handled PRECONDITION_FAILED of an existing exchange).
+pub async fn declare(conn: &lapin::Connection, settings: &Settings) -> Result<(), lapin::Error> {
+    supervisor::declare(conn, settings).await
+}
 
 /// Why an event was not confirmed by the broker.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,6 +89,8 @@ pub struct Settings {
     pub url: String,
     pub exchange: String,
     pub declare_exchange: bool,
+    /// The fanout alternate exchange of `exchange` (with a durable queue of the same name); `None`: none.
+    pub alternate_exchange: Option<String>,
     pub publish_timeout: Duration,
     /// Confirm channels in the pool.
     pub channels: usize,
@@ -95,6 +107,7 @@ struct Shared {
     metrics: Metrics,
     pool: RwLock<Option<Arc<supervisor::Pool>>>,
     next: AtomicUsize,
+    unrouted: Arc<unrouted::Tracker>,
 }
 
 impl Publisher {
@@ -104,7 +117,13 @@ impl Publisher {
         metrics: Metrics,
         shutdown: CancellationToken,
     ) -> (Self, tokio::task::JoinHandle<()>) {
-        let shared = Arc::new(Shared { settings, metrics, pool: RwLock::new(None), next: AtomicUsize::new(0) });
+        let shared = Arc::new(Shared {
+            settings,
+            metrics,
+            pool: RwLock::new(None),
+            next: AtomicUsize::new(0),
+            unrouted: Arc::default(),
+        });
         let task = tokio::spawn(supervisor::run(shared.clone(), shutdown));
         (Publisher { shared }, task)
     }
@@ -135,11 +154,25 @@ impl Publisher {
         self.shared.pool.read().map(|p| p.clone()).unwrap_or_else(|e| e.into_inner().clone())
     }
 
-    /// Publishes one event and waits for its confirm, until `deadline` or `broker.publish_timeout`.
+    /// Publishes one event and waits for its confirm, until `deadline` or `broker.publish_timeout`. An event the
+    /// alternate exchange takes is counted in `hookgate_unroutable_total` (see `unrouted.rs`).
     ///
     /// # Errors
     /// Every way the broker can fail to confirm, as a [`PublishError`].
     pub async fn publish(&self, event: &Event, deadline: Instant) -> Result<(), PublishError> {
+        self.publish_inner(event, deadline, true).await
+    }
+
+    /// [`Publisher::publish`] of an event already counted as unroutable (a parked one), so it is not counted
+    /// again if the alternate exchange takes it.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    pub async fn publish_parked(&self, event: &Event, deadline: Instant) -> Result<(), PublishError> {
+        self.publish_inner(event, deadline, false).await
+    }
+
+    async fn publish_inner(&self, event: &Event, deadline: Instant, track: bool) -> Result<(), PublishError> {
         let pool = self.pool().ok_or(PublishError::NotConnected)?;
         if pool.blocked() {
             return Err(PublishError::Blocked);
@@ -148,6 +181,9 @@ impl Publisher {
         let i = self.shared.next.fetch_add(1, Ordering::Relaxed) % pool.channels.len().max(1);
         let ch = pool.channels.get(i).ok_or(PublishError::NotConnected)?;
         let deadline = deadline.min(Instant::now() + self.shared.settings.publish_timeout);
+        if track {
+            self.shared.unrouted.note(&event.id, &event.source);
+        }
         let started = Instant::now();
         let result =
             ch.publish(&self.shared.settings.exchange, routing_key, &event.body, props, &event.id, deadline).await;

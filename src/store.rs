@@ -3,7 +3,8 @@
 //! `Ok` from [`Store`] means one of: RabbitMQ confirmed the persistent message, or the event was appended to the
 //! spool and fsynced. Broker failures that a later publish can cure (not connected, blocked, no confirm before
 //! `broker.publish_timeout`, nack, channel error) go to the spool. An unroutable event (returned: no queue bound
-//! and no alternate exchange) is not spooled — it would be returned again — and fails, so the provider retries.
+//! and no alternate exchange, SPEC §4) is not refused: it is appended to the *parked* spool (fsynced), counted in
+//! `hookgate_unroutable_total`, answered `200 Stored`, and published by the drainer once a binding exists.
 //!
 //! While the spool holds records (and until the start-up replay has finished) new events go straight to the
 //! spool, behind the older ones, so the drainer publishes everything in receipt order.
@@ -36,14 +37,21 @@ pub enum StoreError {
 pub struct Store {
     publisher: Publisher,
     spool: Spool,
+    /// Events the broker returned as unroutable, waiting for a binding.
+    parked: Spool,
     /// True once the drainer has seen the spool empty after start.
     replayed: Arc<AtomicBool>,
     metrics: Metrics,
 }
 
 impl Store {
-    pub fn new(publisher: Publisher, spool: Spool, replayed: Arc<AtomicBool>, metrics: Metrics) -> Self {
-        Store { publisher, spool, replayed, metrics }
+    pub fn new(
+        publisher: Publisher,
+        (spool, parked): (Spool, Spool),
+        replayed: Arc<AtomicBool>,
+        metrics: Metrics,
+    ) -> Self {
+        Store { publisher, spool, parked, replayed, metrics }
     }
 
     async fn store(&self, event: &Event, deadline: Instant) -> Result<(), StoreError> {
@@ -55,9 +63,18 @@ impl Store {
         let broker_deadline = deadline.checked_sub(SPOOL_RESERVE).unwrap_or(deadline).max(Instant::now());
         match self.publisher.publish(event, broker_deadline).await {
             Ok(()) => Ok(()),
-            Err(e @ (PublishError::Returned | PublishError::Encode(_))) => Err(e.into()),
+            Err(PublishError::Returned) => self.park(event).await,
+            Err(e @ PublishError::Encode(_)) => Err(e.into()),
             Err(e) => self.spool_it(event, e.kind()).await,
         }
+    }
+
+    async fn park(&self, event: &Event) -> Result<(), StoreError> {
+        self.parked.append(event).await?;
+        self.metrics.spool_parked.set(i64::try_from(self.parked.len()).unwrap_or(i64::MAX));
+        self.metrics.unroutable.with_label_values(&[&event.source]).inc();
+        tracing::warn!(source = %event.source, "event unroutable (no binding, no alternate exchange): parked");
+        Ok(())
     }
 
     async fn spool_it(&self, event: &Event, why: &'static str) -> Result<(), StoreError> {

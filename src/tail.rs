@@ -4,9 +4,9 @@
 //! never printed; compare its hash with `sha256sum` of the file that was posted.
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Connection, ConnectionProperties};
 use serde_json::{json, Map, Value};
 
 use crate::config::{secret::Env, Config};
@@ -17,11 +17,10 @@ use crate::config::{secret::Env, Config};
 /// When the broker cannot be reached or the queue cannot be set up.
 pub async fn run(config: &Config, env: &dyn Env, pattern: &str, count: Option<u64>) -> anyhow::Result<()> {
     let conn = Connection::connect(&config.broker_url(env)?, ConnectionProperties::default()).await?;
+    // The same declaration as the gateway's (alternate exchange included), so tail may start first.
+    crate::publish::declare(&conn, &crate::publish_settings(config, env)?).await?;
     let ch = conn.create_channel().await?;
     let exchange = config.broker.exchange.as_str();
-    // The same declaration as the gateway's, so tail may start first.
-    let opts = ExchangeDeclareOptions { durable: true, passive: !config.broker.declare_exchange, ..Default::default() };
-    ch.exchange_declare(exchange.into(), ExchangeKind::Topic, opts, FieldTable::default()).await?;
     let qopts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
     let queue = ch.queue_declare("".into(), qopts, FieldTable::default()).await?;
     ch.queue_bind(

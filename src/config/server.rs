@@ -99,6 +99,9 @@ pub struct Broker {
     pub exchange: String,
     #[serde(default = "default_true")]
     pub declare_exchange: bool,
+    /// The fanout exchange (and durable queue of the same name) unroutable events go to; absent:
+    /// `<exchange>.unrouted`, filled in by validation; `""`: none.
+    pub alternate_exchange: Option<String>,
     #[serde(default = "default_publish_timeout")]
     pub publish_timeout: Dur,
 }
@@ -110,6 +113,7 @@ impl Default for Broker {
             url_env: None,
             exchange: default_exchange(),
             declare_exchange: true,
+            alternate_exchange: None,
             publish_timeout: default_publish_timeout(),
         }
     }
@@ -251,6 +255,17 @@ fn default_max_inflight_body_bytes() -> u64 {
 fn default_http2_max_concurrent_streams() -> u32 {
     32
 }
+impl Broker {
+    /// The alternate exchange in use, if any (after validation filled in the default).
+    pub fn alternate(&self) -> Option<&str> {
+        match self.alternate_exchange.as_deref() {
+            Some("") => None,
+            Some(name) => Some(name),
+            None => None,
+        }
+    }
+}
+
 fn default_exchange() -> String {
     "hookgate".into()
 }

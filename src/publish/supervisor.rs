@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 
 use super::channel::ConfirmChannel;
@@ -28,6 +28,16 @@ pub struct Pool {
     pub channels: Vec<ConfirmChannel>,
     blocked: AtomicBool,
     broken: AtomicBool,
+    /// Counts what the alternate exchange takes (`unrouted.rs`); ends with the connection.
+    observer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some(task) = &self.observer {
+            task.abort();
+        }
+    }
 }
 
 impl Pool {
@@ -109,15 +119,73 @@ async fn connect(shared: &Shared) -> Result<Pool, lapin::Error> {
     let s = &shared.settings;
     let props = ConnectionProperties::default().with_connection_name("hookgate".into());
     let conn = Connection::connect(&s.url, props).await?;
+    declare(&conn, s).await?;
     let channels = open_channels(&conn, s.channels.max(1)).await?;
-    let first = channels.first().map(ConfirmChannel::channel);
-    if let Some(ch) = first {
-        // Durable, so the exchange (and its bindings) survive a broker restart. With `declare_exchange = false`
-        // the exchange must already exist: a passive declare checks that without changing it.
-        let options = ExchangeDeclareOptions { durable: true, passive: !s.declare_exchange, ..Default::default() };
-        ch.exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, options, FieldTable::default()).await?;
+    let observer = match &s.alternate_exchange {
+        Some(ae) => super::unrouted::observe(&conn, ae, shared.unrouted.clone(), shared.metrics.clone()).await?,
+        None => None,
+    };
+    Ok(Pool { conn, channels, blocked: AtomicBool::new(false), broken: AtomicBool::new(false), observer })
+}
+
+/// Declares the exchange (durable, so it and its bindings survive a broker restart) with its alternate exchange:
+/// a durable fanout exchange `<exchange>.unrouted` bound to a durable queue of the same name, which keeps every
+/// event no binding matched (SPEC §4). With `declare_exchange = false` the exchange must already exist: a
+/// passive declare checks that without changing it. Runs on a channel of its own, since a refused declare
+/// closes the channel.
+pub(crate) async fn declare(conn: &Connection, s: &super::Settings) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    let ch = conn.create_channel().await?;
+    if !s.declare_exchange {
+        let passive = ExchangeDeclareOptions { passive: true, ..durable };
+        ch.exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, passive, FieldTable::default()).await?;
+        return close_quietly(ch).await;
     }
-    Ok(Pool { conn, channels, blocked: AtomicBool::new(false), broken: AtomicBool::new(false) })
+    let mut args = FieldTable::default();
+    if let Some(ae) = &s.alternate_exchange {
+        declare_alternate(&ch, ae).await?;
+        // https://www.rabbitmq.com/docs/ae
+        args.insert("alternate-exchange".into(), AMQPValue::LongString(ae.as_str().into()));
+    }
+    match ch.exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, durable, args).await {
+        Ok(()) => close_quietly(ch).await,
+        Err(e) if is_precondition_failed(&e) => {
+            // The exchange exists with other arguments (typically declared before the alternate exchange was
+            // configured). Redeclaring cannot change it; use it as it is: events no binding matches are then
+            // returned and parked in the spool — unless a policy gives the exchange an alternate exchange.
+            tracing::warn!(
+                exchange = %s.exchange,
+                alternate_exchange = ?s.alternate_exchange,
+                "broker.exchange exists with different arguments (PRECONDITION_FAILED): using it as it is; set the \
+                 alternate exchange with a policy (docs/operations.md, \"Unroutable events\") or unroutable \
+                 events are parked in the spool"
+            );
+            let ch = conn.create_channel().await?;
+            let passive = ExchangeDeclareOptions { passive: true, ..durable };
+            ch.exchange_declare(s.exchange.as_str().into(), ExchangeKind::Topic, passive, FieldTable::default())
+                .await?;
+            close_quietly(ch).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The fanout alternate exchange and its durable queue, bound.
+async fn declare_alternate(ch: &Channel, ae: &str) -> Result<(), lapin::Error> {
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    ch.exchange_declare(ae.into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
+    let queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    ch.queue_declare(ae.into(), queue, FieldTable::default()).await?;
+    ch.queue_bind(ae.into(), ae.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await
+}
+
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406)
+}
+
+async fn close_quietly(ch: Channel) -> Result<(), lapin::Error> {
+    let _ = ch.close(200, "declared".into()).await;
+    Ok(())
 }
 
 async fn open_channels(conn: &Connection, n: usize) -> Result<Vec<ConfirmChannel>, lapin::Error> {

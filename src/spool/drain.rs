@@ -5,7 +5,9 @@
 //! A spooled event was already answered 200, so one that turns out unroutable (returned: no queue bound, no
 //! alternate exchange) is never dropped, and must not block the events behind it either: it is moved to the
 //! *parked* spool (`spool/parked/`, same format, fsynced before the main spool moves past it), counted in
-//! `hookgate_spool_parked_events`, and retried every [`PARKED_RETRY`] until a route exists.
+//! `hookgate_unroutable_total` and `hookgate_spool_parked_events`. The request path parks the events the broker
+//! returns in the same place. Parked events are retried in order, first [`PARKED_FIRST_RETRY`] after one is
+//! parked, then at doubling intervals up to every [`PARKED_RETRY`], until a route exists.
 //!
 //! A record that can never be read back (its checksum, decryption or decoding fails; its bytes were cut) must not
 //! block the events behind it either: it is copied to `spool/quarantine/` as recovery does at start, counted in
@@ -27,8 +29,10 @@ use crate::publish::{PublishError, Publisher};
 const IDLE_POLL: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often parked (unroutable) events are tried again.
+/// The longest wait between two tries of the parked (unroutable) events.
 pub const PARKED_RETRY: Duration = Duration::from_secs(30);
+/// The first try after an event is parked.
+pub const PARKED_FIRST_RETRY: Duration = Duration::from_secs(1);
 
 /// What the drainer works on.
 pub struct Drainer {
@@ -52,8 +56,15 @@ impl Drainer {
         let mut backoff = MIN_BACKOFF;
         let mut failures: u32 = 0;
         let mut parked_due = Instant::now();
+        let mut parked_wait = PARKED_FIRST_RETRY;
+        let mut parked_len = self.parked.len();
         loop {
             self.gauges();
+            if self.parked.len() > parked_len {
+                // Newly parked: a binding may follow soon (a consumer deployed late); try again soon.
+                parked_wait = PARKED_FIRST_RETRY;
+                parked_due = parked_due.min(Instant::now() + parked_wait);
+            }
             if self.spool.is_empty() {
                 if !self.replayed.swap(true, Ordering::AcqRel) {
                     tracing::info!("spool replayed");
@@ -64,8 +75,10 @@ impl Drainer {
             }
             if Instant::now() >= parked_due && self.publisher.is_connected() {
                 self.retry_parked().await;
-                parked_due = Instant::now() + PARKED_RETRY;
+                parked_wait = (parked_wait * 2).min(PARKED_RETRY);
+                parked_due = Instant::now() + parked_wait;
             }
+            parked_len = self.parked.len();
             let pause = match self.step().await {
                 Step::Drained => {
                     backoff = MIN_BACKOFF;
@@ -121,6 +134,7 @@ impl Drainer {
                 if let Err(e) = self.parked.append(&event).await {
                     return Step::Failed(format!("unroutable event not parked: {e}"));
                 }
+                self.metrics.unroutable.with_label_values(&[&event.source]).inc();
                 tracing::warn!(seq, source = %event.source, "spooled event unroutable; parked until a route exists");
             }
             Err(e) => return Step::Failed(e.to_string()),
@@ -140,7 +154,7 @@ impl Drainer {
             };
             self.metrics.publish_retries.inc();
             let deadline = Instant::now() + self.publisher.publish_timeout();
-            if self.publisher.publish(&event, deadline).await.is_err() {
+            if self.publisher.publish_parked(&event, deadline).await.is_err() {
                 return;
             }
             if !matches!(advance(&self.parked, seq).await, Step::Drained) {

@@ -1,13 +1,14 @@
 //! The broker down, stalled or unable to route. Down or stalled: every delivery is spooled and answered
 //! `200 Stored` inside its deadline, and after recovery each event arrives exactly once, in receipt order.
-//! Unroutable: never a 200, never spooled.
+//! Unroutable without an alternate exchange: returned by the broker, parked, `200 Stored`, published once a queue
+//! is bound (the alternate exchange itself: `unroutable.rs`).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::{Gateway, Proxy, JSON};
+use crate::support::{amqp_url, Gateway, Opts, Proxy, JSON};
 
 const SOURCES: &str = r#"
 [sources.generic]
@@ -169,44 +170,55 @@ async fn broker_unreachable_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unroutable_events_are_never_acknowledged() {
+async fn returned_events_are_parked_answered_200_and_published_once_bound() {
     // No queue is bound to this gateway's exchange and it has no alternate exchange.
-    let gw = Gateway::start(SOURCES).await;
-    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"lost?"}"#).await;
-    assert_eq!((r.status, r.reason.as_str()), (503, "Store Unavailable"));
-    let r = gw.post("/webhooks/tyro", &JSON, br#"{"event":"paid","transactionId":"lost"}"#).await;
-    assert_eq!((r.status, r.reason.as_str()), (500, "Store Unavailable"));
-    assert_eq!(gw.metric("hookgate_posting_errors_total{reason=\"unroutable\",source=\"generic\"}").await, 1.0);
+    let opts = Opts { broker: "alternate_exchange = \"\"\n".into(), ..Opts::default() };
+    let gw = Gateway::start_opts(SOURCES, &amqp_url(), HashMap::new(), opts).await;
+    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"late"}"#).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    let r = gw.post("/webhooks/tyro", &JSON, br#"{"event":"paid","transactionId":"late"}"#).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    assert_eq!(gw.metric("hookgate_unroutable_total{source=\"generic\"}").await, 1.0);
+    assert_eq!(gw.metric("hookgate_unroutable_total{source=\"tyro\"}").await, 1.0);
     assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"returned\"}").await, 2.0);
-    assert_eq!(gw.metric("hookgate_spool_events").await, 0.0, "never spooled");
+    assert_eq!(gw.metric("hookgate_spool_parked_events").await, 2.0);
+    assert_eq!(gw.metric("hookgate_spool_events").await, 0.0, "parked, not in the main spool");
     // Concurrent unroutable and routable publishes on the same channels are told apart by message id.
     let mut q = gw.queue("generic.routed").await;
     let mut tasks = Vec::new();
     for i in 0..40 {
-        let body = if i % 2 == 0 {
-            format!(r#"{{"event":"routed","i":{i}}}"#)
-        } else {
-            format!(r#"{{"event":"dropped","i":{i}}}"#)
-        };
+        let kind = if i % 2 == 0 { "routed" } else { "dropped" };
+        let body = format!(r#"{{"event":"{kind}","i":{i}}}"#);
         let addr = gw.addr;
         tasks.push(tokio::spawn(async move {
             let gw = crate::support::Gateway::client_for(addr);
-            (i, gw.post("/webhooks/generic", &JSON, body.as_bytes()).await.status)
+            gw.post("/webhooks/generic", &JSON, body.as_bytes()).await.status
         }));
     }
     for t in tasks {
-        let (i, status) = t.await.unwrap();
-        assert_eq!(status, if i % 2 == 0 { 200 } else { 503 }, "delivery {i}");
+        assert_eq!(t.await.unwrap(), 200);
     }
     let mut got = 0;
     while q.next(Duration::from_millis(500)).await.is_some() {
         got += 1;
     }
-    assert_eq!(got, 20);
-    // Once a queue is bound, the provider's retry of the first delivery is stored.
-    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"routed","i":-1}"#).await;
-    assert_eq!(r.status, 200);
+    assert_eq!(got, 20, "only the routed ones reached the routed queue");
+    assert_eq!(gw.metric("hookgate_unroutable_total{source=\"generic\"}").await, 21.0);
+    // Once a queue is bound, every parked event is published, with its headers, and the parked spool empties.
+    let mut all = gw.queue("#").await;
+    let mut late = BTreeSet::new();
+    for _ in 0..22 {
+        let m = all.next(Duration::from_secs(15)).await.expect("a parked event published");
+        assert!(m.text("cloudEvents_id").is_some() && m.text("cloudEvents_source").is_some());
+        late.insert(m.routing_key);
+    }
+    assert_eq!(
+        late,
+        BTreeSet::from(["generic.late".into(), "tyro.healthfundpaidinvoice".into(), "generic.dropped".into()])
+    );
+    gw.wait_metric("hookgate_spool_parked_events", 0.0).await;
     q.close().await;
+    all.close().await;
     gw.stop().await;
 }
 

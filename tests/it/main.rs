@@ -18,3 +18,4 @@ mod ratelimit;
 mod reload;
 mod shared;
 mod spool;
+mod unroutable;

@@ -11,8 +11,11 @@ use crate::support::{amqp_url, base_config, delete_exchange, Gateway, Opts, Prox
 const SOURCES: &str = GENERIC;
 
 async fn down_gateway(storage: &str, env: HashMap<String, String>) -> (Proxy, Gateway) {
+    down_gateway_opts(Opts { storage: storage.to_string(), ..Opts::default() }, env).await
+}
+
+async fn down_gateway_opts(opts: Opts, env: HashMap<String, String>) -> (Proxy, Gateway) {
     let proxy = Proxy::start().await;
-    let opts = Opts { storage: storage.to_string(), ..Opts::default() };
     let gw = Gateway::start_opts(SOURCES, &proxy.url(), env, opts).await;
     gw.wait_ready().await;
     proxy.cut();
@@ -163,7 +166,9 @@ async fn a_torn_tail_is_cut_and_the_cli_reports_and_replays_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unroutable_spooled_event_is_parked_without_blocking_the_rest() {
-    let (proxy, mut gw) = down_gateway("", HashMap::new()).await;
+    // No alternate exchange, so the broker returns what no queue is bound for.
+    let no_ae = || Opts { broker: "alternate_exchange = \"\"\n".into(), ..Opts::default() };
+    let (proxy, mut gw) = down_gateway_opts(no_ae(), HashMap::new()).await;
     let data = gw.keep_data().expect("temp data dir");
     let mut routed = gw.queue("generic.routed").await;
     // During the outage nothing can tell that no queue is bound for `unrouted`: both are acknowledged.
@@ -173,11 +178,11 @@ async fn an_unroutable_spooled_event_is_parked_without_blocking_the_rest() {
     assert_eq!(routed.exactly_one(Duration::from_secs(10)).await.body, br#"{"event":"routed"}"#);
     gw.wait_metric("hookgate_spool_parked_events", 1.0).await;
     gw.wait_metric("hookgate_spool_events", 0.0).await;
-    // Once a route exists, the parked event is published (retried at start and every 30 s).
+    assert_eq!(gw.metric("hookgate_unroutable_total{source=\"generic\"}").await, 1.0);
+    // Once a route exists, the parked event is published (retried at start and then at growing intervals).
     let mut late = gw.queue("generic.unrouted").await;
     gw.halt().await;
-    let opts =
-        Opts { data_dir: Some(data.path().to_path_buf()), exchange: Some(gw.exchange.clone()), ..Opts::default() };
+    let opts = Opts { data_dir: Some(data.path().to_path_buf()), exchange: Some(gw.exchange.clone()), ..no_ae() };
     let gw = Gateway::start_opts(SOURCES, &amqp_url(), HashMap::new(), opts).await;
     assert_eq!(late.exactly_one(Duration::from_secs(10)).await.body, br#"{"event":"unrouted"}"#);
     gw.wait_metric("hookgate_spool_parked_events", 0.0).await;

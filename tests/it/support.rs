@@ -77,8 +77,8 @@ pub struct Gateway {
     pub data_dir: std::path::PathBuf,
     /// The config file the gateway was started from (and reloads).
     pub config_path: std::path::PathBuf,
-    /// `[server]` and `[storage]` extras, to write the same file with other sources ([`Gateway::rewrite`]).
-    extras: (String, String),
+    /// `[server]`, `[storage]` and `[broker]` extras, to write the same file with other sources ([`Gateway::rewrite`]).
+    extras: (String, String, String),
     _data: Option<tempfile::TempDir>,
     _config_dir: tempfile::TempDir,
     app: Option<hookgate::App>,
@@ -91,6 +91,8 @@ pub struct Opts {
     pub server: String,
     /// Extra `[storage]` keys (besides `data_dir`).
     pub storage: String,
+    /// Extra `[broker]` keys (`alternate_exchange`, `declare_exchange`).
+    pub broker: String,
     /// Reuse a data dir (a restart); default: a fresh temp dir.
     pub data_dir: Option<std::path::PathBuf>,
     /// Reuse an exchange (a restart); default: a unique one.
@@ -102,6 +104,11 @@ pub struct Opts {
 /// Config text common to every test gateway: loopback listeners are bound by the harness.
 /// `server` holds extra `[server]` keys (it must not repeat the defaults set here).
 pub fn base_config(exchange: &str, amqp: &str, server: &str) -> String {
+    base_config_with(exchange, amqp, server, "")
+}
+
+/// [`base_config`] with extra `[broker]` keys.
+pub fn base_config_with(exchange: &str, amqp: &str, server: &str, broker: &str) -> String {
     let mut server = server.to_string();
     for (key, value) in
         [("header_read_timeout", "\"2s\""), ("body_read_timeout", "\"2s\""), ("drain_timeout", "\"5s\"")]
@@ -110,7 +117,9 @@ pub fn base_config(exchange: &str, amqp: &str, server: &str) -> String {
             server.push_str(&format!("{key} = {value}\n"));
         }
     }
-    format!("[broker]\nurl = \"{amqp}\"\nexchange = \"{exchange}\"\npublish_timeout = \"1s\"\n[server]\n{server}")
+    format!(
+        "[broker]\nurl = \"{amqp}\"\nexchange = \"{exchange}\"\npublish_timeout = \"1s\"\n{broker}\n[server]\n{server}"
+    )
 }
 
 /// The whole config file of a test gateway.
@@ -118,12 +127,12 @@ fn config_text(
     exchange: &str,
     amqp: &str,
     data_dir: &std::path::Path,
-    (server, storage): &(String, String),
+    (server, storage, broker): &(String, String, String),
     extra: &str,
 ) -> String {
     format!(
         "{}{extra}\n[storage]\ndata_dir = \"{}\"\n{storage}",
-        base_config(exchange, amqp, server),
+        base_config_with(exchange, amqp, server, broker),
         data_dir.display()
     )
 }
@@ -154,7 +163,7 @@ impl Gateway {
                 (Some(t), d)
             }
         };
-        let extras = (opts.server, opts.storage);
+        let extras = (opts.server, opts.storage, opts.broker);
         let text = config_text(&exchange, amqp, &data_dir, &extras, extra);
         let config =
             Config::parse(&text).and_then(Config::validate).unwrap_or_else(|e| panic!("test config: {e}\n{text}"));
@@ -364,10 +373,14 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Deletes a test exchange, and its alternate exchange and queue (`<name>.unrouted`).
 pub async fn delete_exchange(name: &str) {
     let conn = broker().await;
     if let Ok(ch) = conn.create_channel().await {
         let _ = ch.exchange_delete(name.into(), Default::default()).await;
+        let unrouted = format!("{name}.unrouted");
+        let _ = ch.exchange_delete(unrouted.as_str().into(), Default::default()).await;
+        let _ = ch.queue_delete(unrouted.as_str().into(), Default::default()).await;
     }
     let _ = conn.close(200, "done".into()).await;
 }
@@ -449,10 +462,17 @@ impl Message {
 impl Queue {
     pub async fn bind(exchange: &str, pattern: &str) -> Queue {
         let conn = broker().await;
-        let ch = conn.create_channel().await.expect("channel");
-        // Same arguments as the gateway's own declaration, so either may come first.
-        let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        ch.exchange_declare(exchange.into(), ExchangeKind::Topic, opts, FieldTable::default()).await.expect("exchange");
+        let mut ch = conn.create_channel().await.expect("channel");
+        // Use the exchange as the gateway declared it; else declare it with the gateway's default arguments (its
+        // alternate exchange), so either may come first.
+        let passive = ExchangeDeclareOptions { durable: true, passive: true, ..Default::default() };
+        if ch.exchange_declare(exchange.into(), ExchangeKind::Topic, passive, FieldTable::default()).await.is_err() {
+            ch = conn.create_channel().await.expect("channel");
+            let mut args = FieldTable::default();
+            args.insert("alternate-exchange".into(), AMQPValue::LongString(format!("{exchange}.unrouted").into()));
+            let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+            ch.exchange_declare(exchange.into(), ExchangeKind::Topic, opts, args).await.expect("exchange");
+        }
         let qopts = QueueDeclareOptions { exclusive: true, auto_delete: true, ..Default::default() };
         let q = ch.queue_declare("".into(), qopts, FieldTable::default()).await.expect("queue");
         ch.queue_bind(
@@ -467,6 +487,16 @@ impl Queue {
         let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
         let consumer =
             ch.basic_consume(q.name().clone(), "test".into(), consume, FieldTable::default()).await.expect("consume");
+        Queue { conn, consumer }
+    }
+
+    /// Consumes an existing queue (e.g. `<exchange>.unrouted`), taking its messages.
+    pub async fn consume(name: &str) -> Queue {
+        let conn = broker().await;
+        let ch = conn.create_channel().await.expect("channel");
+        let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let consumer =
+            ch.basic_consume(name.into(), "test".into(), consume, FieldTable::default()).await.expect("consume");
         Queue { conn, consumer }
     }
 
