@@ -149,6 +149,7 @@ impl App {
             }
         };
         let metrics = Metrics::new();
+        crate::tls::record_expiry(&metrics, config.server.tls.as_ref().and_then(tls::not_after));
         let storage = Storage::open(config, &*env, &metrics).await?;
         // Stopped only after the listener has drained, so in-flight requests still get their confirms.
         let after_drain = CancellationToken::new();

@@ -58,6 +58,8 @@ struct Inner {
 struct Prepared {
     router: Router,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The new certificate's `notAfter`.
+    not_after: Option<i64>,
     restart_required: Vec<String>,
 }
 
@@ -134,13 +136,16 @@ impl Inner {
         let sources = crate::source::build_all(&config, &*self.env).map_err(in_file)?;
         // Built (so checked) even when the process serves plain HTTP and cannot switch until a restart.
         let tls = config.server.tls.as_ref().map(crate::tls::server_config).transpose().map_err(in_file)?;
-        Ok(Prepared { router: Router::new(sources), tls, restart_required: restart_only(&self.started, &config) })
+        let not_after = config.server.tls.as_ref().and_then(crate::tls::not_after);
+        let restart_required = restart_only(&self.started, &config);
+        Ok(Prepared { router: Router::new(sources), tls, not_after, restart_required })
     }
 
     /// Swaps in what was built; cannot fail.
     fn apply(&self, prepared: Prepared) -> Applied {
         if let (Some(current), Some(config)) = (&self.tls, prepared.tls) {
             current.store(config);
+            crate::tls::record_expiry(&self.metrics, prepared.not_after);
         }
         let sources = prepared.router.sources().map(|s| s.name.to_string()).collect();
         self.metrics.set_ack_timeouts(prepared.router.sources().map(|s| (&*s.name, s.ack_timeout)));

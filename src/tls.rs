@@ -81,6 +81,22 @@ pub fn server_config(tls: &config::Tls) -> Result<Arc<ServerConfig>, ConfigError
     Ok(Arc::new(cfg))
 }
 
+/// The `notAfter` of the served (first) certificate of `server.tls.cert`, in Unix seconds, for
+/// `hookgate_tls_cert_expiry_timestamp_seconds`. `None` when the file cannot be read or parsed (which
+/// [`server_config`] reports as a config error).
+pub fn not_after(tls: &config::Tls) -> Option<i64> {
+    let cert = CertificateDer::pem_file_iter(&tls.cert).ok()?.next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
+/// Sets `hookgate_tls_cert_expiry_timestamp_seconds{listener="public"}` from `tls`.
+pub fn record_expiry(metrics: &crate::metrics::Metrics, not_after: Option<i64>) {
+    if let Some(t) = not_after {
+        metrics.tls_cert_expiry.with_label_values(&["public"]).set(t);
+    }
+}
+
 fn load_crls(paths: &[std::path::PathBuf]) -> Result<Vec<CertificateRevocationListDer<'static>>, ConfigError> {
     let mut crls = Vec::new();
     for (i, path) in paths.iter().enumerate() {
