@@ -267,7 +267,15 @@ mod tests {
         );
         assert_eq!(
             restart_only(&running, &new),
-            ["server.listen", "server.max_connections", "admin.listen", "broker.exchange", "storage.data_dir"]
+            [
+                "server.listen",
+                "server.max_connections",
+                "admin.listen",
+                "broker.exchange",
+                // Its default follows the exchange (`<exchange>.unrouted`).
+                "broker.alternate_exchange",
+                "storage.data_dir"
+            ]
         );
     }
 
