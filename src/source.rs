@@ -9,8 +9,8 @@ use http::Method;
 use crate::auth::Verifier;
 use crate::config::{self, secret::Env, ConfigError, Preset};
 use crate::normalize::FieldRules;
-use crate::ratelimit::{self, Limit};
 use crate::parse::Format;
+use crate::ratelimit::{self, Limit};
 use crate::router::PathPattern;
 
 /// One provider endpoint.
