@@ -180,7 +180,8 @@ async fn returned_events_are_parked_answered_200_and_published_once_bound() {
     assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
     assert_eq!(gw.metric("hookgate_unroutable_total{source=\"generic\"}").await, 1.0);
     assert_eq!(gw.metric("hookgate_unroutable_total{source=\"tyro\"}").await, 1.0);
-    assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"returned\"}").await, 2.0);
+    // At least these two; the drainer's retries of the parked events are returned too.
+    assert!(gw.metric("hookgate_amqp_publishes_total{outcome=\"returned\"}").await >= 2.0);
     assert_eq!(gw.metric("hookgate_spool_parked_events").await, 2.0);
     assert_eq!(gw.metric("hookgate_spool_events").await, 0.0, "parked, not in the main spool");
     // Concurrent unroutable and routable publishes on the same channels are told apart by message id.

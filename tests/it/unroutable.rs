@@ -64,7 +64,7 @@ async fn parked_then_published(broker_keys: &str) {
     assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
     assert_eq!(gw.metric(UNROUTABLE).await, 1.0);
     assert_eq!(gw.metric("hookgate_spool_parked_events").await, 1.0);
-    assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"returned\"}").await, 1.0);
+    assert!(gw.metric("hookgate_amqp_publishes_total{outcome=\"returned\"}").await >= 1.0);
     let mut q = gw.queue("generic.#").await;
     let m = q.exactly_one(Duration::from_secs(15)).await;
     assert_eq!((m.routing_key.as_str(), m.body.as_slice()), ("generic.consumer.late", &body[..]));
