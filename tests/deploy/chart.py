@@ -379,7 +379,7 @@ def main():
     # ... and every replica runs with it: the shared RabbitMQ (own exchange), the shared Redis (own prefix).
     prefix = f"hookgate-deploy-test-{os.getpid()}"
     docs = helm_template("-f", os.path.join(CHART, "ci", "replicas-values.yaml"), "--set", f"sharedStore.prefix={prefix}",
-                         "--set", "config.broker.exchange=hookgate.deploy-test")
+                         "--set", "config.broker.exchange=hookgate.deploy-test", "--set", "config.broker.alternate_exchange=")
     try:
         n = run_replicas(docs, prefix)
     finally:

@@ -3,7 +3,8 @@
 Starts hookgate (TLS with a test certificate on free loopback ports, the shared RabbitMQ with its own exchange, a temp data_dir),
 a consumer bound to the exchange (`hookgate tail`), and Prometheus (own port, own data dir, scrape interval 1 s,
 the chart's alert rules loaded). Sends webhooks through the gateway: new events, provider retries, bad
-credentials, a bad signature, an unknown path, an event that arrives after a later one. Then runs every panel
+credentials, a bad signature, an unknown path, an event that arrives after a later one, events no queue is bound
+for, a plaintext client on the TLS port, InstaMed polling jobs against a fake InstaMed over real HTTP. Then runs every panel
 target and template-variable query against Prometheus's HTTP API: each must return series, and each series must
 carry the labels the query groups by. Every alert rule must evaluate without error on the real series.
 """
@@ -126,6 +127,7 @@ listen = "127.0.0.1:{admin}"
 [broker]
 url = "amqp://guest:guest@127.0.0.1:5672/%2f"
 exchange = "{EXCHANGE}"
+alternate_exchange = ""
 publish_timeout = "2s"
 [storage]
 data_dir = "{tmp}/data"
@@ -276,8 +278,9 @@ def main():
                 return http(f"http://127.0.0.1:{admin}/readyz", timeout=2)[0] == 200
 
             wait_for("hookgate /readyz", ready)
-            # A consumer bound to the exchange, so events are routed (and confirmed) as in production.
-            procs.append(subprocess.Popen([HOOKGATE, "tail", "--config", cfg, "--bind", "#"], stdout=subprocess.DEVNULL, stderr=log))
+            # A consumer bound to InstaMed's routing keys, so those events are routed (and confirmed) as in
+            # production; the card processor's find no binding: returned, parked, counted as unroutable.
+            procs.append(subprocess.Popen([HOOKGATE, "tail", "--config", cfg, "--bind", "instamed.#"], stdout=subprocess.DEVNULL, stderr=log))
             time.sleep(1.0)
             prom_cfg = os.path.join(tmp, "prometheus.yml")
             open(prom_cfg, "w").write(f"""global:
