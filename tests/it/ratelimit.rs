@@ -321,7 +321,8 @@ async fn many_client_addresses_leave_the_limiter_at_its_cap() {
     assert_eq!(not_found + limited, total, "every request answered");
     let keys = gw.metric("hookgate_rate_limiter_keys").await;
     assert!(max_seen <= CAP as f64 && keys <= CAP as f64, "over the cap: {max_seen} during, {keys} after");
-    assert!(keys >= (CAP / 2) as f64, "the map filled up: {keys}");
+    // Sampled during the flood: the timer's prune may already have dropped idle addresses by the end.
+    assert!(max_seen >= (CAP / 2) as f64, "the map filled up: at most {max_seen} keys seen");
     // Each address sent once, so without the cap every request would have been admitted. With it: CAP own
     // buckets, CAP more each time a prune (at most once a second) found addresses idle (2 s after their
     // request), and the overflow bucket's 5 plus one a second.
