@@ -29,6 +29,9 @@ pub fn receipt(tx: &str) -> String {
     )
 }
 
+/// Calls recorded with their bodies (the counters go on).
+const MAX_RECORDED: usize = 10_000;
+
 /// One answer of the SOAP endpoint.
 #[derive(Clone, Debug)]
 pub enum Reply {
@@ -61,6 +64,8 @@ struct Inner {
     /// The transaction of each token's receipt (default: the sample's).
     transactions: HashMap<String, String>,
     soap: Vec<SoapCall>,
+    /// Status calls per token (the script position), also past the recording cap.
+    calls: HashMap<String, usize>,
     nvp: Vec<Vec<(String, String)>>,
 }
 
@@ -154,8 +159,15 @@ impl Fake {
                 body: text.clone(),
                 token: token.clone(),
             };
-            inner.soap.push(call);
-            let n = inner.soap.iter().filter(|c| c.token == token).count();
+            // Recorded up to a cap, so a long load run does not grow (or slow) the fake.
+            if inner.soap.len() < MAX_RECORDED {
+                inner.soap.push(call);
+            }
+            let n = {
+                let n = inner.calls.entry(token.clone()).or_insert(0);
+                *n += 1;
+                *n
+            };
             let script = inner.scripts.get(&token).cloned().unwrap_or_default();
             script.get(n - 1).or(script.last()).cloned().unwrap_or(Reply::Status("NEW"))
         };

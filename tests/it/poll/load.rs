@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo test --test it poll::load -- --ignored --nocapture
+//! POLL_LOAD_WINDOWS=24 cargo test --test it poll::load -- --ignored --nocapture   # 4 minutes of polling
 //! ```
 //!
 //! 2,000 registered jobs against a fake that answers `NEW` forever: the gateway process's CPU time per window
@@ -15,6 +16,7 @@ use crate::support::{amqp_url, delete_exchange, proc_config, unique, Proc};
 
 const JOBS: usize = 2000;
 const WINDOW: Duration = Duration::from_secs(10);
+/// Windows sampled; `POLL_LOAD_WINDOWS` overrides (a longer run, to see memory settle).
 const WINDOWS: usize = 8;
 
 /// (utime + stime in clock ticks, resident set in KiB) of a process.
@@ -72,7 +74,8 @@ async fn two_thousand_new_jobs_keep_cpu_and_memory_flat() {
     let mut last = usage(pid);
     let mut calls_before = gw.metric(&super::requests("token_status", "new")).await;
     let mut rows = Vec::new();
-    for w in 0..WINDOWS {
+    let windows = std::env::var("POLL_LOAD_WINDOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(WINDOWS);
+    for w in 0..windows {
         tokio::time::sleep(WINDOW).await;
         let now = usage(pid);
         let calls = gw.metric(&super::requests("token_status", "new")).await;
