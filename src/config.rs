@@ -193,12 +193,21 @@ impl Config {
     }
 
     fn validate_broker(&self) -> Result<(), ConfigError> {
-        if self.broker.url.is_some() && self.broker.url_env.is_some() {
-            return Err(ConfigError::key("broker.url", "give either `url` or `url_env`, not both"));
+        let b = &self.broker;
+        let forms = usize::from(b.url.is_some()) + usize::from(b.url_env.is_some()) + usize::from(b.urls.is_some());
+        if forms > 1 {
+            return Err(ConfigError::key("broker.url", "give one of `url`, `url_env` or `urls`"));
         }
-        if let Some(url) = &self.broker.url {
-            if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-                return Err(ConfigError::key("broker.url", "must start with amqp:// or amqps://"));
+        let amqp = |url: &str| url.starts_with("amqp://") || url.starts_with("amqps://");
+        if b.url.as_deref().is_some_and(|u| !amqp(u)) {
+            return Err(ConfigError::key("broker.url", "must start with amqp:// or amqps://"));
+        }
+        if let Some(urls) = &b.urls {
+            if urls.is_empty() || urls.len() > MAX_BROKER_URLS {
+                return Err(ConfigError::key("broker.urls", format!("must list 1 to {MAX_BROKER_URLS} nodes")));
+            }
+            if let Some(i) = urls.iter().position(|u| !amqp(u)) {
+                return Err(ConfigError::key(&format!("broker.urls[{i}]"), "must start with amqp:// or amqps://"));
             }
         }
         if self.broker.exchange.is_empty() || self.broker.exchange.len() > 240 {
@@ -274,14 +283,18 @@ impl Config {
         Ok(())
     }
 
-    /// The broker URL, from `url`, from the variable named by `url_env`, or the local default.
-    pub fn broker_url(&self, env: &dyn secret::Env) -> Result<String, ConfigError> {
-        match (&self.broker.url, &self.broker.url_env) {
-            (Some(url), _) => Ok(url.clone()),
-            (None, Some(name)) => env
+    /// The broker nodes, in the order they are tried: `urls`, or the one of `url`, of the variable named by
+    /// `url_env`, or the local default.
+    pub fn broker_urls(&self, env: &dyn secret::Env) -> Result<Vec<String>, ConfigError> {
+        match (&self.broker.urls, &self.broker.url, &self.broker.url_env) {
+            (Some(urls), _, _) if !urls.is_empty() => Ok(urls.clone()),
+            (Some(_), _, _) => Err(ConfigError::key("broker.urls", "must list at least one node")),
+            (None, Some(url), _) => Ok(vec![url.clone()]),
+            (None, None, Some(name)) => env
                 .var(name)
+                .map(|u| vec![u])
                 .ok_or_else(|| ConfigError::key("broker.url_env", format!("environment variable {name} is not set"))),
-            (None, None) => Ok(DEFAULT_BROKER_URL.to_string()),
+            (None, None, None) => Ok(vec![DEFAULT_BROKER_URL.to_string()]),
         }
     }
 
@@ -317,6 +330,9 @@ fn validate_body_cap(name: &str, max_body_bytes: u64, inflight: u64) -> Result<(
     }
     Ok(())
 }
+
+/// The most broker nodes `broker.urls` may list (a cluster is a handful of nodes).
+const MAX_BROKER_URLS: usize = 16;
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 

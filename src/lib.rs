@@ -314,7 +314,7 @@ async fn purge_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
 /// The broker URL cannot be resolved.
 pub fn publish_settings(config: &Config, env: &dyn Env) -> anyhow::Result<publish::Settings> {
     Ok(publish::Settings {
-        url: config.broker_url(env)?,
+        urls: config.broker_urls(env)?,
         exchange: config.broker.exchange.clone(),
         declare_exchange: config.broker.declare_exchange,
         alternate_exchange: config.broker.alternate().map(str::to_string),

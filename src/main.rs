@@ -125,7 +125,7 @@ fn check_config(config: &Config) -> ExitCode {
     // Building every source resolves its secrets, so a missing variable or file is caught here too.
     let built = hookgate::source::build_all(config, &ProcessEnv)
         .and_then(|_| hookgate::poll::check_all(config, &ProcessEnv))
-        .and_then(|_| config.broker_url(&ProcessEnv));
+        .and_then(|_| config.broker_urls(&ProcessEnv));
     if let Err(e) = built {
         eprintln!("hookgate: invalid configuration: {e}");
         return ExitCode::from(EXIT_USAGE);

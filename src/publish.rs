@@ -86,7 +86,8 @@ pub trait Sink: Send + Sync {
 /// Publisher settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    pub url: String,
+    /// The broker nodes (`broker.urls`, or the one of `broker.url`): tried in order, and in turn on reconnect.
+    pub urls: Vec<String>,
     pub exchange: String,
     pub declare_exchange: bool,
     /// The fanout alternate exchange of `exchange` (with a durable queue of the same name); `None`: none.

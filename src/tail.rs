@@ -11,12 +11,24 @@ use serde_json::{json, Map, Value};
 
 use crate::config::{secret::Env, Config};
 
+/// Connects to the first node of `broker.urls` that answers.
+async fn connect_any(urls: &[String]) -> anyhow::Result<Connection> {
+    let mut last = None;
+    for url in urls {
+        match Connection::connect(url, ConnectionProperties::default()).await {
+            Ok(conn) => return Ok(conn),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("no broker node configured"), anyhow::Error::from))
+}
+
 /// Prints events bound by `pattern` until `count` have arrived (or forever).
 ///
 /// # Errors
 /// When the broker cannot be reached or the queue cannot be set up.
 pub async fn run(config: &Config, env: &dyn Env, pattern: &str, count: Option<u64>) -> anyhow::Result<()> {
-    let conn = Connection::connect(&config.broker_url(env)?, ConnectionProperties::default()).await?;
+    let conn = connect_any(&config.broker_urls(env)?).await?;
     // The same declaration as the gateway's (alternate exchange included), so tail may start first.
     crate::publish::declare(&conn, &crate::publish_settings(config, env)?).await?;
     let ch = conn.create_channel().await?;

@@ -95,6 +95,9 @@ pub struct Broker {
     #[serde(serialize_with = "serialize_url", skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     pub url_env: Option<String>,
+    /// The nodes of a cluster, tried in order and in turn on reconnect; each printed with its password redacted.
+    #[serde(serialize_with = "serialize_urls", skip_serializing_if = "Option::is_none", default)]
+    pub urls: Option<Vec<String>>,
     #[serde(default = "default_exchange")]
     pub exchange: String,
     #[serde(default = "default_true")]
@@ -111,6 +114,7 @@ impl Default for Broker {
         Broker {
             url: None,
             url_env: None,
+            urls: None,
             exchange: default_exchange(),
             declare_exchange: true,
             alternate_exchange: None,
@@ -139,6 +143,13 @@ pub fn redact_url(url: &str) -> String {
 fn serialize_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match url {
         Some(url) => s.serialize_str(&redact_url(url)),
+        None => s.serialize_none(),
+    }
+}
+
+fn serialize_urls<S: serde::Serializer>(urls: &Option<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
+    match urls {
+        Some(urls) => s.collect_seq(urls.iter().map(|u| redact_url(u))),
         None => s.serialize_none(),
     }
 }

@@ -135,6 +135,35 @@ fn check_config_output_redacts_secrets() {
 }
 
 #[test]
+fn broker_urls_rules_and_redaction() {
+    let two = "[broker]\nurls = [\"amqp://u:pw1@a:5672/%2f\", \"amqps://u:pw2@b:5671/%2f\"]\n";
+    let cfg = Config::parse(&format!("{two}{MINIMAL}")).and_then(Config::validate).unwrap();
+    let env = std::collections::HashMap::<String, String>::new();
+    assert_eq!(cfg.broker_urls(&env).unwrap(), ["amqp://u:pw1@a:5672/%2f", "amqps://u:pw2@b:5671/%2f"]);
+    let out = cfg.to_redacted_toml();
+    assert!(!out.contains("pw1") && !out.contains("pw2"), "{out}");
+    assert!(out.contains("amqp://u:<redacted>@a:5672/%2f") && out.contains("amqps://u:<redacted>@b:5671/%2f"), "{out}");
+    Config::parse(&out).unwrap();
+    // The one-node forms stay, and no form at all is the local default.
+    let one = Config::parse(&format!("[broker]\nurl = \"amqp://h/\"\n{MINIMAL}")).and_then(Config::validate).unwrap();
+    assert_eq!(one.broker_urls(&env).unwrap(), ["amqp://h/"]);
+    let none = Config::parse(MINIMAL).and_then(Config::validate).unwrap();
+    assert_eq!(none.broker_urls(&env).unwrap(), [DEFAULT_BROKER_URL]);
+    for (text, expected) in [
+        (
+            "[broker]\nurl = \"amqp://h/\"\nurls = [\"amqp://h/\"]\n",
+            "`broker.url`: give one of `url`, `url_env` or `urls`",
+        ),
+        ("[broker]\nurl_env = \"X\"\nurls = [\"amqp://h/\"]\n", "`broker.url`: give one of"),
+        ("[broker]\nurls = []\n", "`broker.urls`: must list 1 to 16 nodes"),
+        ("[broker]\nurls = [\"amqp://a/\", \"http://b\"]\n", "`broker.urls[1]`: must start with amqp://"),
+    ] {
+        let e = err(&format!("{text}{MINIMAL}"));
+        assert!(e.contains(expected), "{text:?}: {e}");
+    }
+}
+
+#[test]
 fn storage_rules() {
     let e = err(&format!("{MINIMAL}[storage]\nshared = \"http://x\"\n"));
     assert!(e.contains("storage.shared") && e.contains("redis://"), "{e}");

@@ -58,51 +58,100 @@ impl Pool {
 }
 
 pub(super) async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut nodes = Nodes::new(shared.settings.urls.len());
     let mut backoff = MIN_BACKOFF;
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
+        let node = nodes.current();
+        let Some(url) = shared.settings.urls.get(node) else { break };
         let attempt = tokio::select! {
-            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared)) => r,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(&shared, url)) => r,
             () = shutdown.cancelled() => break,
         };
-        match attempt {
+        let pause = match attempt {
             Ok(Ok(pool)) => {
-                let pool = Arc::new(pool);
                 failures = 0;
                 backoff = MIN_BACKOFF;
-                install(&shared, Some(pool.clone()));
-                tracing::info!(exchange = %shared.settings.exchange, channels = pool.channels.len(), "broker connected");
-                let stopping = watch(&pool, &shared.metrics, &shutdown).await;
-                install(&shared, None);
-                if stopping {
-                    close(&pool).await;
+                if serve(&shared, pool, node, &shutdown).await {
                     break;
                 }
-                tracing::warn!("broker connection lost; reconnecting");
-                let _ = pool.conn.close(320, "hookgate reconnecting".into()).await;
+                // The lost node is tried last: the next one in the list is most likely up.
+                nodes.advance(true);
+                MIN_BACKOFF
             }
             Ok(Err(error)) => {
                 failures += 1;
-                log_failure(failures, &error);
+                log_failure(failures, node, &error);
+                nodes.pause_after_failure(&mut backoff)
             }
             Err(_) => {
                 failures += 1;
-                log_failure(failures, &"connect timed out");
+                log_failure(failures, node, &"connect timed out");
+                nodes.pause_after_failure(&mut backoff)
             }
-        }
+        };
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(pause) => {}
             () = shutdown.cancelled() => break,
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     tracing::info!("broker publisher stopped");
 }
 
-fn log_failure(failures: u32, error: &dyn std::fmt::Display) {
+/// Installs a live connection and watches it; returns true when stopping for shutdown.
+async fn serve(shared: &Shared, pool: Pool, node: usize, shutdown: &CancellationToken) -> bool {
+    let pool = Arc::new(pool);
+    install(shared, Some(pool.clone()));
+    tracing::info!(exchange = %shared.settings.exchange, node, channels = pool.channels.len(), "broker connected");
+    let stopping = watch(&pool, &shared.metrics, shutdown).await;
+    install(shared, None);
+    if stopping {
+        close(&pool).await;
+        return true;
+    }
+    tracing::warn!(node, "broker connection lost; reconnecting");
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, pool.conn.close(320, "hookgate reconnecting".into())).await;
+    false
+}
+
+/// Which of `broker.urls` to try next: in order, in turn. A failed node moves on to the next at once; the back-off
+/// only grows once every node has failed in a row.
+struct Nodes {
+    len: usize,
+    current: usize,
+    failed_in_row: usize,
+}
+
+impl Nodes {
+    fn new(len: usize) -> Nodes {
+        Nodes { len: len.max(1), current: 0, failed_in_row: 0 }
+    }
+
+    fn current(&self) -> usize {
+        self.current
+    }
+
+    fn advance(&mut self, connected: bool) {
+        self.current = (self.current + 1) % self.len;
+        self.failed_in_row = if connected { 0 } else { self.failed_in_row + 1 };
+    }
+
+    /// Moves past a failed node; returns how long to wait before the next attempt.
+    fn pause_after_failure(&mut self, backoff: &mut Duration) -> Duration {
+        self.advance(false);
+        if self.failed_in_row % self.len != 0 {
+            return Duration::ZERO;
+        }
+        let pause = *backoff;
+        *backoff = (*backoff * 2).min(MAX_BACKOFF);
+        pause
+    }
+}
+
+fn log_failure(failures: u32, node: usize, error: &dyn std::fmt::Display) {
     // Log the first failure and then every 20th, so an outage does not flood the log.
     if failures == 1 || failures % 20 == 0 {
-        tracing::warn!(%error, failures, "broker connection failed");
+        tracing::warn!(%error, failures, node, "broker connection failed");
     }
 }
 
@@ -115,10 +164,10 @@ fn install(shared: &Shared, pool: Option<Arc<Pool>>) {
     }
 }
 
-async fn connect(shared: &Shared) -> Result<Pool, lapin::Error> {
+async fn connect(shared: &Shared, url: &str) -> Result<Pool, lapin::Error> {
     let s = &shared.settings;
     let props = ConnectionProperties::default().with_connection_name("hookgate".into());
-    let conn = Connection::connect(&s.url, props).await?;
+    let conn = Connection::connect(url, props).await?;
     declare(&conn, s).await?;
     let channels = open_channels(&conn, s.channels.max(1)).await?;
     let observer = match &s.alternate_exchange {
@@ -236,4 +285,34 @@ async fn close(pool: &Pool) {
         let _ = tokio::time::timeout(Duration::from_secs(2), ch.channel().wait_for_confirms()).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), pool.conn.close(200, "hookgate stopping".into())).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_are_tried_in_turn_and_back_off_after_a_full_round() {
+        let mut backoff = MIN_BACKOFF;
+        let mut n = Nodes::new(3);
+        assert_eq!(n.current(), 0);
+        assert_eq!(n.pause_after_failure(&mut backoff), Duration::ZERO);
+        assert_eq!(n.current(), 1);
+        assert_eq!(n.pause_after_failure(&mut backoff), Duration::ZERO);
+        assert_eq!(n.current(), 2);
+        assert_eq!(n.pause_after_failure(&mut backoff), MIN_BACKOFF, "every node failed: back off");
+        assert_eq!((n.current(), backoff), (0, MIN_BACKOFF * 2));
+        n.advance(true);
+        assert_eq!(n.current(), 1, "after a lost connection the next node is tried first");
+        assert_eq!(n.pause_after_failure(&mut backoff), Duration::ZERO);
+    }
+
+    #[test]
+    fn one_node_backs_off_after_each_failure() {
+        let mut backoff = MIN_BACKOFF;
+        let mut n = Nodes::new(1);
+        assert_eq!(n.pause_after_failure(&mut backoff), MIN_BACKOFF);
+        assert_eq!(n.pause_after_failure(&mut backoff), MIN_BACKOFF * 2);
+        assert_eq!(n.current(), 0);
+    }
 }

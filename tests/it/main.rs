@@ -10,6 +10,7 @@ mod content_types;
 mod crash;
 mod dedup;
 mod edge;
+mod failover;
 mod hardening;
 mod ingest;
 mod listener;

@@ -117,9 +117,15 @@ pub fn base_config_with(exchange: &str, amqp: &str, server: &str, broker: &str) 
             server.push_str(&format!("{key} = {value}\n"));
         }
     }
-    format!(
-        "[broker]\nurl = \"{amqp}\"\nexchange = \"{exchange}\"\npublish_timeout = \"1s\"\n{broker}\n[server]\n{server}"
-    )
+    // A TOML array (see [`urls_form`]) is the cluster form, `broker.urls`.
+    let node = if amqp.starts_with('[') { format!("urls = {amqp}") } else { format!("url = \"{amqp}\"") };
+    format!("[broker]\n{node}\nexchange = \"{exchange}\"\npublish_timeout = \"1s\"\n{broker}\n[server]\n{server}")
+}
+
+/// `broker.urls` for [`Gateway::start_with`] in place of one URL: the nodes of a cluster, in the order tried.
+pub fn urls_form(urls: &[String]) -> String {
+    let quoted: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// The whole config file of a test gateway.
