@@ -335,7 +335,7 @@ def main():
                              "--set-file", f"tls.key={c['key']}", "--set-file", f"tls.clientCA.pem={c['ca']}",
                              "--set-file", f"tls.clientCA.crls.client-ca\\.crl={c['crl']}")
         kinds = sorted({d["kind"] for d in docs})
-        ok(kinds == ["ConfigMap", "PodDisruptionBudget", "PrometheusRule", "Secret", "Service", "ServiceAccount", "ServiceMonitor", "StatefulSet"], f"kinds {kinds}")
+        ok(kinds == ["ConfigMap", "NetworkPolicy", "PodDisruptionBudget", "PrometheusRule", "Secret", "Service", "ServiceAccount", "ServiceMonitor", "StatefulSet"], f"kinds {kinds}")
         validate_schemas(docs)
         check_crds(docs)
         check_pod(docs, drain_seconds(docs), 2)
