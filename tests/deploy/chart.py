@@ -395,7 +395,9 @@ def main():
     ok("terminationGracePeriodSeconds (20) must be at least config.server.drain_timeout (20s)" in err, f"grace period: {err}")
     err = helm_template("--set", "sharedStore.enabled=true", "--set", "sharedStore.url=http://x", expect_fail=True)
     ok("not a redis:// or rediss:// URL" in err, f"bad redis url: {err}")
-    print("refused renders: replicas without Redis, grace period below the drain deadline, bad Redis URL")
+    err = helm_template("--set", "config.broker.urls={amqp://u:p@rabbit-0:5672/%2f,amqp://u:p@rabbit-1:5672/%2f}", expect_fail=True)
+    ok("would put the broker's credentials into the ConfigMap" in err, f"broker urls in the ConfigMap: {err}")
+    print("refused renders: replicas without Redis, grace period below the drain deadline, bad Redis URL, broker URLs in the ConfigMap")
     print(f"chart checks: {CHECKS} passed, 0 failed")
 
 

@@ -96,6 +96,9 @@ anything else, naming the value.
 {{- if and (not .Values.broker.url) (not .Values.broker.existingSecret) -}}
 {{- fail "hookgate: set broker.url (amqp://user:pass@host:5672/vhost, kept in a Secret) or broker.existingSecret" -}}
 {{- end -}}
+{{- if or (dig "broker" "urls" "" .Values.config) (dig "broker" "url" "" .Values.config) (dig "broker" "url_env" "" .Values.config) -}}
+{{- fail "hookgate: set the broker with broker.url or broker.existingSecret (kept in a Secret), not config.broker.url/url_env/urls: config.broker.urls would put the broker's credentials into the ConfigMap. For a RabbitMQ cluster point broker.url at the cluster's client Service, which spreads connections over the nodes." -}}
+{{- end -}}
 {{- if empty .Values.config.sources -}}
 {{- fail "hookgate: config.sources is empty; add at least one source (see values.yaml)" -}}
 {{- end -}}
