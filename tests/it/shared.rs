@@ -1,7 +1,10 @@
 //! Two gateways sharing Redis (`storage.shared`) behave as one: a delivery and its retry sent to different
-//! replicas publish once, a claim left by a crashed replica expires, and order state is shared.
+//! replicas publish once, a claim left by a crashed replica expires, and order state is shared. Under concurrent
+//! load with every delivery and its retries spread over both: each event is in the queue exactly once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::types::AMQPValue;
@@ -114,6 +117,70 @@ async fn order_state_is_shared_between_replicas() {
     let m = q.exactly_one(WAIT).await;
     assert_eq!(m.header("cloudEvents_outoforder"), Some(AMQPValue::Boolean(true)));
     assert_eq!(b.metric("hookgate_out_of_order_total{source=\"tyro\"}").await, 1.0);
+    q.close().await;
+    a.stop().await;
+    b.halt_and_forget().await;
+    cleanup(&prefix).await;
+}
+
+/// Distinct events of the load test, each delivered three times (the delivery and two retries).
+const EVENTS: usize = 150;
+const WORKERS: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_load_with_retries_on_both_replicas_has_no_cross_replica_duplicate() {
+    let (a, b, prefix) = replicas().await;
+    let mut q = a.queue("#").await;
+    // Copies of one event sit next to each other in the job list, so they race on different replicas.
+    let jobs: Arc<Vec<(usize, bool)>> =
+        Arc::new((0..EVENTS).flat_map(|i| [(i, i % 2 == 0), (i, i % 2 == 1), (i, i % 3 == 0)]).collect());
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..WORKERS)
+        .map(|_| {
+            let (ca, cb) = (Gateway::client_for(a.addr), Gateway::client_for(b.addr));
+            let (jobs, next) = (jobs.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while let Some(&(i, to_a)) = jobs.get(next.fetch_add(1, Ordering::AcqRel)) {
+                    let body = format!(
+                        r#"{{"TransactionId":"load-{i}","MessageType":"transaction","TransactionCode":"PP80DS"}}"#
+                    );
+                    let c = if to_a { &ca } else { &cb };
+                    let r = c.try_post("/webhooks/card", &JSON, body.as_bytes()).await;
+                    answers.push((i, r.map(|r| (r.status, r.reason))));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut stored = BTreeMap::<usize, usize>::new();
+    let mut acked = BTreeMap::<usize, ()>::new();
+    for t in tasks {
+        for (i, answer) in t.await.expect("worker") {
+            match answer.as_ref().map(|(s, r)| (*s, r.as_str())) {
+                Some((200, "Stored")) => *stored.entry(i).or_default() += 1,
+                Some((200, "Duplicate")) => {}
+                other => panic!("event {i}: unexpected answer {other:?}"),
+            }
+            acked.insert(i, ());
+        }
+    }
+    assert_eq!(acked.len(), EVENTS);
+    assert!(stored.values().all(|n| *n == 1), "each event stored by exactly one replica");
+    assert_eq!(stored.len(), EVENTS);
+
+    let mut copies = BTreeMap::<String, usize>::new();
+    while let Some(m) = q.next(Duration::from_secs(2)).await {
+        *copies
+            .entry(m.props.message_id().as_ref().map(|s| s.as_str().to_string()).unwrap_or_default())
+            .or_default() += 1;
+    }
+    let duplicates: usize = copies.values().map(|n| n - 1).sum();
+    assert_eq!(duplicates, 0, "cross-replica duplicates");
+    assert_eq!(copies.len(), EVENTS, "lost = 0: every acknowledged event is in the queue, nothing else");
+    let retries = a.metric("hookgate_retries_total{source=\"card\"}").await
+        + b.metric("hookgate_retries_total{source=\"card\"}").await;
+    assert_eq!(retries, (2 * EVENTS) as f64, "every other copy answered 200 Duplicate");
     q.close().await;
     a.stop().await;
     b.halt_and_forget().await;
