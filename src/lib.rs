@@ -122,6 +122,8 @@ pub struct App {
     pub shutdown: CancellationToken,
     reloader: reload::Reloader,
     tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    /// The admin listener and its own stop, cancelled once every other task has finished.
+    admin: (tokio::task::JoinHandle<()>, CancellationToken),
 }
 
 impl App {
@@ -198,7 +200,11 @@ impl App {
         let reloader = reload::Reloader::new(path, env, config.clone(), gateway.clone(), tls.clone(), metrics.clone());
         let ready_sink = sink.clone();
         let readiness =
-            Arc::new(Readiness { store_ready: Some(Arc::new(move || ready_sink.ready())), ..Readiness::default() });
+            Arc::new(Readiness {
+                store_ready: Some(Arc::new(move || ready_sink.ready())),
+                shutdown: shutdown.clone(),
+                ..Readiness::default()
+            });
         let public_addr = listeners.public.local_addr()?;
         let admin_addr = listeners.admin.local_addr()?;
         let limits = listener::Limits {
@@ -214,7 +220,8 @@ impl App {
         };
         // Shutdown order: /readyz turns 503 and the listener stops accepting at once; when every in-flight request
         // is answered (or drain_timeout passes), the spool drainer stops (every spooled record is already fsynced;
-        // the rest is replayed at the next start), the publisher closes AMQP and the admin listener stops.
+        // the rest is replayed at the next start) and the publisher closes AMQP; the admin listener stops last
+        // (App::wait), so /readyz answers 503 until the process exits.
         let serve_task = tokio::spawn({
             let (gateway, metrics, shutdown, after_drain, readiness) =
                 (gateway.clone(), metrics.clone(), shutdown.clone(), after_drain.clone(), readiness.clone());
@@ -232,12 +239,13 @@ impl App {
                 after_drain.cancel();
             }
         });
+        let admin_stop = CancellationToken::new();
         let admin_task = tokio::spawn(metrics::serve_admin(
             listeners.admin,
             metrics.clone(),
             readiness.clone(),
             config.server.header_read_timeout.0,
-            after_drain.clone(),
+            admin_stop.clone(),
         ));
         readiness.listener_up.store(true, Ordering::Release);
         let mut tasks = Vec::new();
@@ -245,6 +253,7 @@ impl App {
             tasks.push(("poller", tokio::spawn(poll::run(p, gateway.clone(), after_drain.clone()))));
         }
         let purge_task = tokio::spawn(purge_loop(gateway, after_drain.clone()));
+        let state_task = tokio::spawn(watch_state(storage.state.clone(), after_drain.clone()));
         let prune_task = tokio::spawn(ratelimit::prune_loop(rate_limits, after_drain));
         tracing::info!(public = %public_addr, admin = %admin_addr, tls = config.server.tls.is_some(), "hookgate serving");
         Ok(App {
@@ -253,11 +262,12 @@ impl App {
             metrics,
             shutdown,
             reloader,
+            admin: (admin_task, admin_stop),
             tasks: [
                 ("listener", serve_task),
                 ("publisher", publisher_task),
                 ("spool drainer", drain_task),
-                ("admin", admin_task),
+                ("state writer", state_task),
                 ("purge", purge_task),
                 ("rate limiter prune", prune_task),
             ]
@@ -280,20 +290,69 @@ impl App {
         self.reloader.clone()
     }
 
-    /// Waits until every task has finished (after `shutdown` is cancelled). A task that panicked is an error.
+    /// Waits until every task has finished, then stops the admin listener (so `/readyz` answers 503 until the
+    /// end). A critical task (listener, publisher supervisor, spool drainer, state writer, admin listener, ...)
+    /// that ends before `shutdown`, or panics, is a failure: it is logged, the rest of the gateway is shut down
+    /// (a drain), and the error names it, so the process exits non-zero instead of serving half-alive.
     ///
     /// # Errors
-    /// The name of a task that did not end cleanly.
+    /// The name of the first task that did not end cleanly.
     pub async fn wait(self) -> anyhow::Result<()> {
-        let mut failed = None;
-        for (name, task) in self.tasks {
-            if task.await.is_err() {
-                failed.get_or_insert(name);
+        let (mut admin, admin_stop) = self.admin;
+        let supervised = supervise(self.tasks, &self.shutdown);
+        tokio::pin!(supervised);
+        let mut failed = tokio::select! {
+            failed = &mut supervised => failed,
+            result = &mut admin => {
+                died("admin", &result, &self.shutdown);
+                let _ = supervised.await;
+                Some("admin")
+            }
+        };
+        if !admin.is_finished() {
+            admin_stop.cancel();
+            if admin.await.is_err() {
+                failed.get_or_insert("admin");
             }
         }
         match failed {
-            Some(name) => anyhow::bail!("the {name} task failed"),
+            Some(name) => anyhow::bail!("the {name} task stopped"),
             None => Ok(()),
+        }
+    }
+}
+
+/// Awaits every task. The first to end before `shutdown` (or to panic) is a death: logged once, `shutdown` is
+/// cancelled so the others drain, and its name is returned.
+pub async fn supervise(
+    tasks: Vec<(&'static str, tokio::task::JoinHandle<()>)>,
+    shutdown: &CancellationToken,
+) -> Option<&'static str> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut pending: FuturesUnordered<_> = tasks.into_iter().map(|(name, task)| async move { (name, task.await) }).collect();
+    let mut failed = None;
+    while let Some((name, result)) = pending.next().await {
+        if result.is_err() || !shutdown.is_cancelled() {
+            died(name, &result, shutdown);
+            failed.get_or_insert(name);
+        }
+    }
+    failed
+}
+
+fn died(name: &'static str, result: &Result<(), tokio::task::JoinError>, shutdown: &CancellationToken) {
+    let panicked = result.as_ref().is_err_and(tokio::task::JoinError::is_panic);
+    tracing::error!(task = name, panicked, "a critical task stopped; shutting the gateway down");
+    shutdown.cancel();
+}
+
+/// Ends if the state writer thread dies (a critical task), or at `shutdown`.
+async fn watch_state(state: State, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    while state.writer_alive() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
         }
     }
 }

@@ -197,7 +197,7 @@ fn run(config: Config, path: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         // Installed first: from here on SIGHUP reloads instead of killing the process (its default action).
         let hangups = hookgate::reload::Hangups::install();
         let shutdown = CancellationToken::new();
@@ -235,5 +235,8 @@ fn run(config: Config, path: &std::path::Path) -> ExitCode {
             },
             () = stopped => { tracing::error!("drain did not finish in time"); ExitCode::FAILURE }
         }
-    })
+    });
+    // Blocking tasks still running (a file read, a state lookup) must not hold the exit up past the drain.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

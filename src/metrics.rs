@@ -267,6 +267,8 @@ impl Default for Metrics {
 pub struct Readiness {
     pub listener_up: AtomicBool,
     pub draining: AtomicBool,
+    /// The root shutdown token: once cancelled (SIGTERM), `/readyz` is 503 until the process exits.
+    pub shutdown: CancellationToken,
     pub store_ready: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
@@ -274,6 +276,7 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.listener_up.load(Ordering::Acquire)
             && !self.draining.load(Ordering::Acquire)
+            && !self.shutdown.is_cancelled()
             && self.store_ready.as_ref().is_some_and(|f| f())
     }
 }

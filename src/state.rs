@@ -94,6 +94,11 @@ impl State {
         wait.await.map_err(|_| StateError("writer stopped".into()))?
     }
 
+    /// Whether the writer thread still runs (a critical task: the gateway stops without it).
+    pub fn writer_alive(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
     /// Queues `ops` without waiting (advisory state, e.g. order maxima); dropped when the queue is full.
     pub fn write_later(&self, ops: Vec<Op>) {
         let _ = self.tx.try_send(Job { ops, done: None });

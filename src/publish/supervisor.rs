@@ -17,6 +17,8 @@ use super::channel::ConfirmChannel;
 use super::Shared;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// At shutdown: the longest wait for outstanding confirms, and then for the connection to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often a live connection's state is checked besides its events.
@@ -279,12 +281,13 @@ async fn watch(pool: &Pool, metrics: &crate::metrics::Metrics, shutdown: &Cancel
     }
 }
 
-/// Closes the connection at shutdown, after in-flight confirms had their chance.
+/// Closes the connection at shutdown, after in-flight confirms had their chance. Runs after the listener has
+/// drained, so every request already has its answer (a publish that was not confirmed in time was spooled):
+/// waiting is bounded (all channels together, then the close), so a stalled broker cannot hold the exit up.
 async fn close(pool: &Pool) {
-    for ch in &pool.channels {
-        let _ = tokio::time::timeout(Duration::from_secs(2), ch.channel().wait_for_confirms()).await;
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(2), pool.conn.close(200, "hookgate stopping".into())).await;
+    let confirms = futures_util::future::join_all(pool.channels.iter().map(|ch| ch.channel().wait_for_confirms()));
+    let _ = tokio::time::timeout(CLOSE_WAIT, confirms).await;
+    let _ = tokio::time::timeout(CLOSE_WAIT, pool.conn.close(200, "hookgate stopping".into())).await;
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod cli;
 mod content_types;
 mod crash;
 mod dedup;
+mod drain;
 mod edge;
 mod failover;
 mod hardening;

@@ -124,6 +124,23 @@ impl Proc {
         self.child.id()
     }
 
+    /// The exit code once the process has exited (`None` while it runs; `-1` for a death by signal).
+    pub fn exited(&mut self) -> Option<i32> {
+        self.child.try_wait().ok().flatten().map(|s| s.code().unwrap_or(-1))
+    }
+
+    /// Waits up to `within` for the process to exit; its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let until = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < until {
+            if let Some(code) = self.exited() {
+                return Some(code);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.exited()
+    }
+
     /// SIGKILL: no drain, no flush, nothing.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
