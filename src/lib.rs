@@ -199,12 +199,11 @@ impl App {
         );
         let reloader = reload::Reloader::new(path, env, config.clone(), gateway.clone(), tls.clone(), metrics.clone());
         let ready_sink = sink.clone();
-        let readiness =
-            Arc::new(Readiness {
-                store_ready: Some(Arc::new(move || ready_sink.ready())),
-                shutdown: shutdown.clone(),
-                ..Readiness::default()
-            });
+        let readiness = Arc::new(Readiness {
+            store_ready: Some(Arc::new(move || ready_sink.ready())),
+            shutdown: shutdown.clone(),
+            ..Readiness::default()
+        });
         let public_addr = listeners.public.local_addr()?;
         let admin_addr = listeners.admin.local_addr()?;
         let limits = listener::Limits {
@@ -329,7 +328,8 @@ pub async fn supervise(
     shutdown: &CancellationToken,
 ) -> Option<&'static str> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
-    let mut pending: FuturesUnordered<_> = tasks.into_iter().map(|(name, task)| async move { (name, task.await) }).collect();
+    let mut pending: FuturesUnordered<_> =
+        tasks.into_iter().map(|(name, task)| async move { (name, task.await) }).collect();
     let mut failed = None;
     while let Some((name, result)) = pending.next().await {
         if result.is_err() || !shutdown.is_cancelled() {

@@ -139,10 +139,8 @@ async fn sigterm_under_load_answers_in_flight_requests_then_exits_0_with_readyz_
 async fn a_critical_task_that_stops_shuts_the_gateway_down_and_is_named() {
     let shutdown = CancellationToken::new();
     let stop = shutdown.clone();
-    let tasks = vec![
-        ("listener", tokio::spawn(async move { stop.cancelled().await })),
-        ("publisher", tokio::spawn(async {})),
-    ];
+    let tasks =
+        vec![("listener", tokio::spawn(async move { stop.cancelled().await })), ("publisher", tokio::spawn(async {}))];
     let failed = tokio::time::timeout(Duration::from_secs(5), hookgate::supervise(tasks, &shutdown)).await;
     assert_eq!(failed.expect("the rest drained"), Some("publisher"));
     assert!(shutdown.is_cancelled(), "the death started the drain");
