@@ -95,6 +95,23 @@ impl Poller {
                 "a poller name is 1 to 64 characters of a-z, 0-9, '-' and '_'",
             ));
         }
+        self.validate_endpoints(name, &key)?;
+        self.validate_credentials(&key)?;
+        self.validate_limits(&key)?;
+        match (self.auth.is_empty(), self.unauthenticated) {
+            (true, false) => Err(ConfigError::key(
+                &key("auth"),
+                "no authentication method is configured; add one or set `unauthenticated = true`",
+            )),
+            (false, true) => {
+                Err(ConfigError::key(&key("unauthenticated"), "is true but auth methods are configured; remove one"))
+            }
+            _ => crate::auth::Verifier::validate(&format!("pollers.{name}"), &self.auth),
+        }
+    }
+
+    /// `path` (defaulted to `/poll/NAME`, literal), `sso_url` and `nvp_url`.
+    fn validate_endpoints(&mut self, name: &str, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let path = self.path.get_or_insert_with(|| format!("/poll/{name}")).clone();
         let pattern = crate::router::PathPattern::parse(&path).map_err(|r| ConfigError::key(&key("path"), r))?;
         if !pattern.is_literal() {
@@ -108,6 +125,11 @@ impl Poller {
                 return Err(ConfigError::key(&key(k), "must be an https:// (or http://) URL"));
             }
         }
+        Ok(())
+    }
+
+    /// The InstaMed account fields are given, and exactly one form of the password.
+    fn validate_credentials(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         for (k, v) in [
             ("account_id", &self.account_id),
             ("alias", &self.alias),
@@ -128,6 +150,11 @@ impl Poller {
                 "give exactly one of `password`, `password_env` or `password_file`",
             ));
         }
+        Ok(())
+    }
+
+    /// `interval`, `token_ttl`, `request_timeout`, `max_in_flight`, `max_jobs`.
+    fn validate_limits(&self, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
         let ms = std::time::Duration::from_millis;
         if self.interval.0 < ms(10) {
             return Err(ConfigError::key(&key("interval"), "must be at least 10ms"));
@@ -144,15 +171,6 @@ impl Poller {
         if self.max_jobs == 0 {
             return Err(ConfigError::key(&key("max_jobs"), "must be at least 1"));
         }
-        match (self.auth.is_empty(), self.unauthenticated) {
-            (true, false) => Err(ConfigError::key(
-                &key("auth"),
-                "no authentication method is configured; add one or set `unauthenticated = true`",
-            )),
-            (false, true) => {
-                Err(ConfigError::key(&key("unauthenticated"), "is true but auth methods are configured; remove one"))
-            }
-            _ => crate::auth::Verifier::validate(&format!("pollers.{name}"), &self.auth),
-        }
+        Ok(())
     }
 }
