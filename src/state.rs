@@ -188,15 +188,21 @@ fn open_db(path: &Path) -> Result<Database, StateError> {
     }
 }
 
-fn writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
+/// The next group of a writer thread: blocks for one job, then takes the others already waiting, `max` at most.
+/// `None` once every sender is gone and the queue is empty.
+pub(crate) fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
+    let mut jobs = vec![rx.blocking_recv()?];
+    while jobs.len() < max {
+        match rx.try_recv() {
+            Ok(job) => jobs.push(job),
+            Err(_) => break,
         }
+    }
+    Some(jobs)
+}
+
+fn writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
+    while let Some(jobs) = next_batch(&mut rx, BATCH) {
         let result = commit(db, jobs.iter().flat_map(|j| j.ops.iter()));
         if let Err(e) = &result {
             tracing::error!(error = %e, "state commit failed");

@@ -34,14 +34,7 @@ pub(super) fn start(inner: Arc<Inner>) -> std::io::Result<mpsc::Sender<Job>> {
 }
 
 fn run(inner: &Inner, mut rx: mpsc::Receiver<Job>) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        while jobs.len() < BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(jobs) = crate::state::next_batch(&mut rx, BATCH) {
         let written: Vec<Result<u64, SpoolError>> = jobs.iter().map(|j| inner.write(&j.plain)).collect();
         let synced = if written.iter().any(Result::is_ok) { inner.sync_written() } else { Ok(()) };
         for (job, result) in jobs.into_iter().zip(written) {
