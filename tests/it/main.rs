@@ -15,6 +15,7 @@ mod failover;
 mod hardening;
 mod ingest;
 mod listener;
+mod metrics;
 mod poll;
 mod ratelimit;
 mod reload;
