@@ -71,7 +71,10 @@ impl FieldRules {
         if let Some(name) = &o.time {
             x.time = f.get(name);
         }
-        let kind = x.kind.filter(|k| !k.is_empty()).unwrap_or_else(|| "unknown".to_string());
+        // Slugged once more: a preset's prefix (`payment.`) may take a slugged type past the cap, or join an empty
+        // part with a dot. Idempotent on a type that is already a slug.
+        let kind = x.kind.map(|k| slug(&k));
+        let kind = kind.filter(|k| !k.is_empty()).unwrap_or_else(|| "unknown".to_string());
         if let Some(names) = &o.id {
             x.id_parts = names
                 .iter()
@@ -79,7 +82,7 @@ impl FieldRules {
                 .collect();
         }
         let id = match x.id_parts {
-            Some(parts) if parts.iter().all(|p| !p.is_empty()) => parts.join(":"),
+            Some(parts) if !parts.is_empty() && parts.iter().all(|p| !p.is_empty()) => parts.join(":"),
             _ => sha256_hex(body),
         };
         // The id is the AMQP message_id, a short string: a long one is replaced by its hash.

@@ -19,7 +19,10 @@ pub(super) fn extract(f: &Fields<'_>) -> Extracted {
 
 /// Maps a trigger or status to `payment.*` or `paymentplan.*`.
 fn kind_of(raw: &str, plan_only: bool) -> String {
-    let s = slug(raw);
+    let s = match slug(raw) {
+        s if s.is_empty() => "unknown".to_string(),
+        s => s,
+    };
     let bare = s.replace(['.', '-'], "");
     let payment = match bare.as_str() {
         "approved" | "approval" | "paymentapproved" => Some("approved"),

@@ -122,6 +122,25 @@ fn overrides_replace_preset_fields() {
 }
 
 #[test]
+fn an_empty_id_field_list_never_gives_an_empty_id() {
+    // Found by fuzz/ (normalize): config validation refuses `event.id = []`, but the normalizer must not rely on it.
+    let o = EventFields { id: Some(Vec::new()), ..EventFields::default() };
+    let m = meta_with(Preset::Generic, &o, Format::Json, br#"{"id":"x"}"#, &[], &[]);
+    assert_eq!(m.id, sha256_hex(br#"{"id":"x"}"#));
+}
+
+#[test]
+fn a_prefixed_type_stays_within_the_type_cap() {
+    // Found by fuzz/ (normalize): the InstaMed preset put `payment.` in front of a type already cut to 120 bytes.
+    let status = "a".repeat(300);
+    let m = meta(Preset::Instamed, Format::Nvp, format!("transactionStatus={status}").as_bytes(), &[], &[]);
+    assert!(m.kind.len() <= MAX_TYPE_BYTES && m.kind.starts_with("payment.a"), "{}", m.kind.len());
+    // Also found by fuzz/: a status with nothing usable in it gave the type `payment.` (a trailing dot).
+    let m = meta(Preset::Instamed, Format::Nvp, b"transactionStatus=%5B", &[], &[]);
+    assert_eq!(m.kind, "payment.unknown");
+}
+
+#[test]
 fn slugs_are_routing_key_safe() {
     assert_eq!(slug(" Payment Plan/Created "), "payment.plan.created");
     assert_eq!(slug("a.#.*b"), "a.b");

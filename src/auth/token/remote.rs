@@ -175,7 +175,8 @@ impl Shared {
     async fn refresh(self: Arc<Self>, kid: Option<&str>) {
         let seen = self.cache().fetches;
         let flight = self.flight.clone().lock_owned().await;
-        if self.cache().fetches != seen || !self.may_fetch() {
+        let fetched_meanwhile = self.cache().fetches != seen;
+        if fetched_meanwhile || !self.may_fetch() {
             return;
         }
         let kid = kid.map(str::to_owned);
