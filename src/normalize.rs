@@ -71,9 +71,10 @@ impl FieldRules {
         if let Some(name) = &o.time {
             x.time = f.get(name);
         }
-        // Slugged once more: a preset's prefix (`payment.`) may take a slugged type past the cap, or join an empty
-        // part with a dot. Idempotent on a type that is already a slug.
-        let kind = x.kind.map(|k| slug(&k));
+        // A preset that joins parts (`payment.<status>`, `<message>.<code>`) must not leave a dot at either end
+        // when a part slugged to nothing. (A joined type may pass MAX_TYPE_BYTES; a routing key that then passes
+        // 255 bytes is refused `400` by the pipeline.)
+        let kind = x.kind.map(|k| k.trim_matches('.').to_string());
         let kind = kind.filter(|k| !k.is_empty()).unwrap_or_else(|| "unknown".to_string());
         if let Some(names) = &o.id {
             x.id_parts = names
