@@ -336,22 +336,39 @@ const MAX_BROKER_URLS: usize = 16;
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 
-fn validate_source(
-    name: &str,
-    s: &mut Source,
-    client_ca: bool,
-    publish_timeout: std::time::Duration,
-) -> Result<(), ConfigError> {
-    let key = |k: &str| format!("sources.{name}.{k}");
+/// The name of a `[sources.NAME]` or `[pollers.NAME]` table (`what`: "a source", "a poller"): 1 to 64 characters of
+/// a-z, 0-9, '-' and '_' (it becomes a label value, a routing key prefix and part of store keys).
+fn validate_name(table: &str, what: &str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty()
         || name.len() > 64
         || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     {
         return Err(ConfigError::key(
-            &format!("sources.{name}"),
-            "a source name is 1 to 64 characters of a-z, 0-9, '-' and '_'",
+            &format!("{table}.{name}"),
+            format!("{what} name is 1 to 64 characters of a-z, 0-9, '-' and '_'"),
         ));
     }
+    Ok(())
+}
+
+/// `table` (`sources.NAME`, `pollers.NAME`) has auth methods or says `unauthenticated = true`, not both, and its
+/// methods are valid.
+fn validate_auth(table: &str, auth: &source::Auth, unauthenticated: bool) -> Result<(), ConfigError> {
+    match (auth.is_empty(), unauthenticated) {
+        (true, false) => Err(ConfigError::key(
+            &format!("{table}.auth"),
+            "no authentication method is configured; add one or set `unauthenticated = true`",
+        )),
+        (false, true) => Err(ConfigError::key(
+            &format!("{table}.unauthenticated"),
+            "is true but auth methods are configured; remove one",
+        )),
+        _ => crate::auth::Verifier::validate(table, auth),
+    }
+}
+
+/// A source's `path` (defaulted to `/webhooks/NAME`) and `methods` (defaulted to its preset's, upper-cased).
+fn validate_route(name: &str, s: &mut Source, key: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
     let path = s.path.get_or_insert_with(|| format!("/webhooks/{name}")).clone();
     crate::router::PathPattern::parse(&path).map_err(|reason| ConfigError::key(&key("path"), reason))?;
     let methods = s.methods.get_or_insert_with(|| s.preset.default_methods());
@@ -364,6 +381,18 @@ fn validate_source(
             return Err(ConfigError::key(&key("methods"), format!("{m} is not one of {}", METHODS.join(", "))));
         }
     }
+    Ok(())
+}
+
+fn validate_source(
+    name: &str,
+    s: &mut Source,
+    client_ca: bool,
+    publish_timeout: std::time::Duration,
+) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("sources.{name}.{k}");
+    validate_name("sources", "a source", name)?;
+    validate_route(name, s, &key)?;
     let ack = *s.ack_timeout.get_or_insert(s.preset.default_ack_timeout());
     if ack.0 < std::time::Duration::from_secs(1) || ack.0 > std::time::Duration::from_secs(300) {
         return Err(ConfigError::key(&key("ack_timeout"), "must be between 1s and 5m"));
@@ -395,22 +424,7 @@ fn validate_source(
             return Err(ConfigError::key(&key("event.id"), "list at least one field name"));
         }
     }
-    match (s.auth.is_empty(), s.unauthenticated) {
-        (true, false) => {
-            return Err(ConfigError::key(
-                &key("auth"),
-                "no authentication method is configured; add one or set `unauthenticated = true`",
-            ))
-        }
-        (false, true) => {
-            return Err(ConfigError::key(
-                &key("unauthenticated"),
-                "is true but auth methods are configured; remove one",
-            ))
-        }
-        _ => {}
-    }
-    crate::auth::Verifier::validate(&format!("sources.{name}"), &s.auth)?;
+    validate_auth(&format!("sources.{name}"), &s.auth, s.unauthenticated)?;
     if s.auth.client_cert.is_some() && !client_ca {
         return Err(ConfigError::key(
             &key("auth.client_cert"),

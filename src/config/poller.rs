@@ -86,28 +86,11 @@ impl Poller {
     /// Checks one poller's own keys (the rules that involve sources are in `Config::validate`).
     pub(super) fn validate(&mut self, name: &str) -> Result<(), ConfigError> {
         let key = |k: &str| format!("pollers.{name}.{k}");
-        if name.is_empty()
-            || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
-            return Err(ConfigError::key(
-                &format!("pollers.{name}"),
-                "a poller name is 1 to 64 characters of a-z, 0-9, '-' and '_'",
-            ));
-        }
+        super::validate_name("pollers", "a poller", name)?;
         self.validate_endpoints(name, &key)?;
         self.validate_credentials(&key)?;
         self.validate_limits(&key)?;
-        match (self.auth.is_empty(), self.unauthenticated) {
-            (true, false) => Err(ConfigError::key(
-                &key("auth"),
-                "no authentication method is configured; add one or set `unauthenticated = true`",
-            )),
-            (false, true) => {
-                Err(ConfigError::key(&key("unauthenticated"), "is true but auth methods are configured; remove one"))
-            }
-            _ => crate::auth::Verifier::validate(&format!("pollers.{name}"), &self.auth),
-        }
+        super::validate_auth(&format!("pollers.{name}"), &self.auth, self.unauthenticated)
     }
 
     /// `path` (defaulted to `/poll/NAME`, literal), `sso_url` and `nvp_url`.
