@@ -4,23 +4,14 @@
 //! Label values come only from closed sets: source names from the config (`unmatched` for requests that match
 //! none), event types from the presets, reasons and outcomes from enums.
 
-use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod admin;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry, TextEncoder,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::listener::{drive, Activity, IdleLimits};
+pub use admin::{serve_admin, Readiness};
 
 /// Histogram buckets in seconds, around the providers' deadlines (10 s, 20 s).
 const LATENCY_BUCKETS: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0];
@@ -75,15 +66,9 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter_vec = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter");
-            registry.register(Box::new(c.clone())).expect("registered once");
-            c
+            register(&registry, IntCounterVec::new(Opts::new(name, help), labels))
         };
-        let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid gauge");
-            registry.register(Box::new(g.clone())).expect("registered once");
-            g
-        };
+        let gauge = |name: &str, help: &str| register(&registry, IntGauge::new(name, help));
         let requests = counter_vec("hookgate_requests_total", "Deliveries answered.", &["source", "code"]);
         let events = counter_vec("hookgate_events_total", "New events stored.", &["source", "type"]);
         let retries =
@@ -110,12 +95,13 @@ impl Metrics {
             "Events written to the spool, by why the broker did not take them (timeout, not_connected, ...).",
             &["reason"],
         );
-        let spool_quarantined = IntCounter::new(
-            "hookgate_spool_quarantined_total",
-            "Unreadable spool records copied to spool/quarantine/, at start or while draining.",
-        )
-        .expect("valid counter");
-        registry.register(Box::new(spool_quarantined.clone())).expect("registered once");
+        let spool_quarantined = register(
+            &registry,
+            IntCounter::new(
+                "hookgate_spool_quarantined_total",
+                "Unreadable spool records copied to spool/quarantine/, at start or while draining.",
+            ),
+        );
         let tls_handshake_failures =
             counter_vec("hookgate_tls_handshake_failures_total", "TLS handshakes that failed.", &["reason"]);
         let config_reloads =
@@ -132,39 +118,44 @@ impl Metrics {
         for store in ["local", "shared"] {
             dedup_record_failures.with_label_values(&[store]);
         }
-        let publish_retries = IntCounter::new("hookgate_publish_retries_total", "Publishes to RabbitMQ tried again.")
-            .expect("valid counter");
-        registry.register(Box::new(publish_retries.clone())).expect("registered once");
-        let request_duration = HistogramVec::new(
-            HistogramOpts::new("hookgate_request_duration_seconds", "Receipt to answer.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            &["source"],
-        )
-        .expect("valid histogram");
-        registry.register(Box::new(request_duration.clone())).expect("registered once");
-        let publish_confirm = Histogram::with_opts(
-            HistogramOpts::new("hookgate_publish_confirm_seconds", "Publish to broker confirm.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid histogram");
-        registry.register(Box::new(publish_confirm.clone())).expect("registered once");
-        let request_body_bytes = HistogramVec::new(
-            HistogramOpts::new("hookgate_request_body_bytes", "Size of accepted request bodies.")
-                .buckets(prometheus::exponential_buckets(256.0, 4.0, 8).expect("valid buckets")),
-            &["source"],
-        )
-        .expect("valid histogram");
-        registry.register(Box::new(request_body_bytes.clone())).expect("registered once");
-        let source_ack_timeout = GaugeVec::new(
-            Opts::new("hookgate_source_ack_timeout_seconds", "The source's ack_timeout (the provider's deadline)."),
-            &["source"],
-        )
-        .expect("valid gauge");
-        registry.register(Box::new(source_ack_timeout.clone())).expect("registered once");
-        let process_start_time =
-            Gauge::new("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds.")
-                .expect("valid gauge");
-        registry.register(Box::new(process_start_time.clone())).expect("registered once");
+        let publish_retries = register(
+            &registry,
+            IntCounter::new("hookgate_publish_retries_total", "Publishes to RabbitMQ tried again."),
+        );
+        let request_duration = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("hookgate_request_duration_seconds", "Receipt to answer.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["source"],
+            ),
+        );
+        let publish_confirm = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new("hookgate_publish_confirm_seconds", "Publish to broker confirm.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            ),
+        );
+        let request_body_bytes = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new("hookgate_request_body_bytes", "Size of accepted request bodies.")
+                    .buckets(prometheus::exponential_buckets(256.0, 4.0, 8).expect("valid buckets")),
+                &["source"],
+            ),
+        );
+        let source_ack_timeout = register(
+            &registry,
+            GaugeVec::new(
+                Opts::new("hookgate_source_ack_timeout_seconds", "The source's ack_timeout (the provider's deadline)."),
+                &["source"],
+            ),
+        );
+        let process_start_time = register(
+            &registry,
+            Gauge::new("process_start_time_seconds", "Start time of the process since the Unix epoch, in seconds."),
+        );
         process_start_time.set(unix_now());
         let poll = crate::poll::metrics::PollMetrics::register(&registry);
         let unroutable = counter_vec(
@@ -235,17 +226,28 @@ impl Metrics {
     }
 }
 
+/// Registers `family` in `registry` and returns it. Startup only: a family that is invalid or declared twice is a
+/// programming error the tests catch.
+///
+/// # Panics
+/// In that case.
+pub(crate) fn register<C>(registry: &Registry, family: prometheus::Result<C>) -> C
+where
+    C: prometheus::core::Collector + Clone + 'static,
+{
+    let family = family.expect("valid metric family");
+    registry.register(Box::new(family.clone())).expect("registered once");
+    family
+}
+
 fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `hookgate_tls_cert_expiry_timestamp_seconds{listener}` and `hookgate_build_info{version}` (always 1).
 fn info_gauges(registry: &Registry) -> (IntGaugeVec, IntGaugeVec) {
-    let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-        let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge");
-        registry.register(Box::new(g.clone())).expect("registered once");
-        g
-    };
+    let gauge_vec =
+        |name: &str, help: &str, labels: &[&str]| register(registry, IntGaugeVec::new(Opts::new(name, help), labels));
     let expiry = gauge_vec(
         "hookgate_tls_cert_expiry_timestamp_seconds",
         "notAfter of the served certificate, Unix seconds.",
@@ -260,88 +262,6 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
-}
-
-/// What `/readyz` looks at.
-#[derive(Default)]
-pub struct Readiness {
-    pub listener_up: AtomicBool,
-    pub draining: AtomicBool,
-    /// The root shutdown token: once cancelled (SIGTERM), `/readyz` is 503 until the process exits.
-    pub shutdown: CancellationToken,
-    pub store_ready: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
-}
-
-impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.listener_up.load(Ordering::Acquire)
-            && !self.draining.load(Ordering::Acquire)
-            && !self.shutdown.is_cancelled()
-            && self.store_ready.as_ref().is_some_and(|f| f())
-    }
-}
-
-/// Admin connections served at once; past it, new ones wait in the kernel backlog.
-const ADMIN_MAX_CONNECTIONS: usize = 64;
-
-/// Serves the admin endpoints (HTTP/1.1) until `shutdown`. A connection that has sent no complete request by
-/// `timeout` after it opened or after its last answer is closed, so silent sockets cannot hold the probes off.
-pub async fn serve_admin(
-    listener: TcpListener,
-    metrics: Metrics,
-    ready: Arc<Readiness>,
-    timeout: std::time::Duration,
-    shutdown: CancellationToken,
-) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1.timer(TokioTimer::new()).header_read_timeout(timeout).max_buf_size(64 * 1024);
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
-            () = shutdown.cancelled() => return,
-        };
-        let (stream, _) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(error) => {
-                    tracing::warn!(%error, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => return,
-        };
-        let (metrics, ready, http1, shutdown) = (metrics.clone(), ready.clone(), http1.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let activity = Activity::new();
-            let svc = {
-                let activity = activity.clone();
-                hyper::service::service_fn(move |req| {
-                    let _busy = activity.begin();
-                    let out = admin_answer(&req, &metrics, &ready);
-                    async move { Ok::<_, Infallible>(out) }
-                })
-            };
-            let conn = http1.serve_connection(TokioIo::new(stream), svc);
-            drive(conn, &activity, IdleLimits { first: timeout, between: timeout }, &shutdown).await;
-            drop(permit);
-        });
-    }
-}
-
-fn admin_answer(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", metrics.render()),
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
-        "/readyz" if ready.is_ready() => (StatusCode::OK, "text/plain", "ready\n".to_string()),
-        "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string()),
-        _ => (StatusCode::NOT_FOUND, "text/plain", "not found\n".to_string()),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-    resp
 }
 
 #[cfg(test)]

@@ -19,28 +19,31 @@ impl PollMetrics {
     /// # Panics
     /// Only if a family is declared twice (a programming error caught by the tests).
     pub fn register(registry: &Registry) -> Self {
-        let jobs = IntGaugeVec::new(
-            Opts::new("hookgate_poll_jobs", "Polling jobs held in data_dir, by state."),
-            &["poller", "state"],
-        )
-        .expect("valid gauge");
-        registry.register(Box::new(jobs.clone())).expect("registered once");
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "hookgate_poll_requests_total",
-                "Calls to the provider's polling API (token_status, view_receipt), by outcome.",
+        let jobs = crate::metrics::register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new("hookgate_poll_jobs", "Polling jobs held in data_dir, by state."),
+                &["poller", "state"],
             ),
-            &["poller", "call", "outcome"],
-        )
-        .expect("valid counter");
-        registry.register(Box::new(requests.clone())).expect("registered once");
-        let duration = HistogramVec::new(
-            HistogramOpts::new("hookgate_poll_duration_seconds", "Polling job registration to outcome.")
-                .buckets(DURATION_BUCKETS.to_vec()),
-            &["poller"],
-        )
-        .expect("valid histogram");
-        registry.register(Box::new(duration.clone())).expect("registered once");
+        );
+        let requests = crate::metrics::register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "hookgate_poll_requests_total",
+                    "Calls to the provider's polling API (token_status, view_receipt), by outcome.",
+                ),
+                &["poller", "call", "outcome"],
+            ),
+        );
+        let duration = crate::metrics::register(
+            registry,
+            HistogramVec::new(
+                HistogramOpts::new("hookgate_poll_duration_seconds", "Polling job registration to outcome.")
+                    .buckets(DURATION_BUCKETS.to_vec()),
+                &["poller"],
+            ),
+        );
         PollMetrics { jobs, requests, duration }
     }
 }
