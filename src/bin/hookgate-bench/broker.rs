@@ -1,0 +1,216 @@
+//! RabbitMQ side of the bench: the raw confirmed-publish ceiling, the queue bound to the gateway's exchange
+//! that is drained and checked after each phase, and a TCP proxy in front of the broker that the spool
+//! scenario cuts.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::traffic::{key_of, Traffic};
+
+/// The gateway's confirm channels (`CONFIRM_CHANNELS` in src/lib.rs): the ceiling uses as many.
+const CHANNELS: usize = 4;
+
+pub async fn connect(url: &str) -> anyhow::Result<Connection> {
+    Connection::connect(url, ConnectionProperties::default()).await.context("connecting to RabbitMQ")
+}
+
+/// The ceiling: confirmed persistent publishes per second with `in_flight` outstanding, to a durable classic
+/// queue, of bodies from the same traffic generator; and the confirm latency.
+pub async fn ceiling(
+    url: &str,
+    in_flight: usize,
+    duration: Duration,
+    traffic: impl Fn(u64) -> Traffic,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let conn = connect(url).await?;
+    let queue = format!("hookgate-bench-ceiling-{}", std::process::id());
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        channels.push(ch);
+    }
+    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
+    channels[0].queue_declare(queue.as_str().into(), qopts, args).await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
+    let start = Instant::now();
+    let end = start + duration;
+    let mut tasks = Vec::new();
+    for i in 0..in_flight {
+        let ch = channels[i % CHANNELS].clone();
+        let (queue, count, hist) = (queue.clone(), count.clone(), hist.clone());
+        let mut t = traffic(10_000 + i as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut local = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
+            while Instant::now() < end {
+                let d = t.fresh();
+                let sent = Instant::now();
+                let props = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type(d.content_type.into())
+                    .with_message_id(format!("{:x}", d.key).into());
+                let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+                let Ok(confirm) = ch.basic_publish("".into(), queue.as_str().into(), opts, &d.body, props).await
+                else {
+                    break;
+                };
+                if confirm.await.is_err() {
+                    break;
+                }
+                let _ = local.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1));
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Ok(mut h) = hist.lock() {
+                let _ = h.add(&local);
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let _ = channels[0].queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+    let h = hist.lock().map(|h| h.clone()).map_err(|_| anyhow::anyhow!("histogram lock"))?;
+    Ok((count.load(Ordering::Relaxed) as f64 / secs, h))
+}
+
+/// A durable queue bound with `#` to the gateway's exchange, declared before the gateway starts.
+pub struct Drain {
+    conn: Connection,
+    queue: String,
+}
+
+/// What the queue held, against what was answered 200.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Check {
+    pub consumed: u64,
+    pub distinct_ok: u64,
+    /// Answered 200, never consumed.
+    pub lost: u64,
+    /// Consumed, never answered 200.
+    pub unexpected: u64,
+    /// Consumed more than once.
+    pub duplicates: u64,
+}
+
+impl Drain {
+    pub async fn bind(url: &str, exchange: &str) -> anyhow::Result<Drain> {
+        let conn = connect(url).await?;
+        let ch = conn.create_channel().await?;
+        let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        ch.exchange_declare(exchange.into(), ExchangeKind::Topic, opts, FieldTable::default()).await?;
+        let queue = format!("{exchange}-drain");
+        let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+        ch.queue_declare(queue.as_str().into(), qopts, FieldTable::default()).await?;
+        ch.queue_bind(queue.as_str().into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
+            .await?;
+        Ok(Drain { conn, queue })
+    }
+
+    /// Consumes until the queue has been quiet for `quiet` after holding at least `expect` messages (or quiet
+    /// for 10 s), then compares with `ok` (the events answered 200); deletes the queue and the exchange.
+    pub async fn check(self, exchange: &str, ok: &HashSet<u64>, quiet: Duration) -> anyhow::Result<Check> {
+        let ch = self.conn.create_channel().await?;
+        ch.basic_qos(5000, BasicQosOptions::default()).await?;
+        let consume = BasicConsumeOptions { no_ack: true, ..Default::default() };
+        let mut consumer =
+            ch.basic_consume(self.queue.as_str().into(), "bench".into(), consume, FieldTable::default()).await?;
+        let mut seen: HashMap<u64, u32> = HashMap::with_capacity(ok.len());
+        let mut consumed = 0u64;
+        loop {
+            let wait = if consumed >= ok.len() as u64 { quiet } else { Duration::from_secs(10) };
+            match tokio::time::timeout(wait, consumer.next()).await {
+                Ok(Some(Ok(d))) => {
+                    consumed += 1;
+                    *seen.entry(key_of(&d.data)).or_default() += 1;
+                }
+                Ok(Some(Err(e))) => return Err(e.into()),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = ch.exchange_delete(exchange.into(), Default::default()).await;
+        let _ = self.conn.close(200, "done".into()).await;
+        Ok(Check {
+            consumed,
+            distinct_ok: ok.len() as u64,
+            lost: ok.iter().filter(|k| !seen.contains_key(k)).count() as u64,
+            unexpected: seen.keys().filter(|k| !ok.contains(k)).count() as u64,
+            duplicates: seen.values().map(|n| u64::from(n - 1)).sum(),
+        })
+    }
+}
+
+/// A TCP proxy to the broker: `cut` drops every connection and refuses new ones, `restore` accepts again.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    generation: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> anyhow::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let open = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(AtomicU64::new(0));
+        let (o, g) = (open.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if !o.load(Ordering::Acquire) {
+                    continue; // dropped: the connection is closed at once
+                }
+                let (o, g) = (o.clone(), g.clone());
+                tokio::spawn(pipe(client, upstream, o, g));
+            }
+        });
+        Ok(Proxy { addr, open, generation })
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, Ordering::Release);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, Ordering::Release);
+    }
+}
+
+async fn pipe(mut client: TcpStream, upstream: SocketAddr, open: Arc<AtomicBool>, generation: Arc<AtomicU64>) {
+    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    let born = generation.load(Ordering::Acquire);
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+    tokio::pin!(copy);
+    loop {
+        tokio::select! {
+            _ = &mut copy => return,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {
+                if generation.load(Ordering::Acquire) != born || !open.load(Ordering::Acquire) {
+                    return; // cut: both sockets are dropped
+                }
+            }
+        }
+    }
+}
