@@ -235,6 +235,9 @@ impl Config {
         if s.spool_max_bytes < 4096 {
             return Err(ConfigError::key("storage.spool_max_bytes", "must be at least 4096"));
         }
+        if s.cache_bytes < 1 << 20 {
+            return Err(ConfigError::key("storage.cache_bytes", "must be at least 1048576 (1 MiB)"));
+        }
         Ok(())
     }
 

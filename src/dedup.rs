@@ -5,9 +5,14 @@
 //!
 //! - Within one process, one delivery per id is in flight at a time; the others wait (until their deadline) and
 //!   then see the first one's outcome: done → duplicate, failed → one of them claims the id.
-//! - A done record is written durably (fsynced to `state.redb`, and to Redis with `storage.shared`) *before* the
-//!   delivery is answered 200, so it survives a restart. A failed store releases the claim, so the provider's
-//!   retry is admitted.
+//! - A done record is queued for the next group commit when the event is durable, and the delivery is answered
+//!   200 without waiting for that commit (the event itself is already confirmed or fsynced: nothing is lost).
+//!   Until the record is committed (fsynced to `state.redb`, and set in Redis with `storage.shared`) the id
+//!   stays in flight, so an identical delivery in this process waits and then sees it done — never admitted
+//!   twice while the process lives. A crash between the answer and the commit can forget the records of the
+//!   last commit (a provider that sends one of those events again gets it published again; the bound is in
+//!   `docs/delivery-semantics.md`). [`Dedup::flush`] waits for every queued record (at shutdown). A failed
+//!   store releases the claim, so the provider's retry is admitted.
 //! - With `storage.shared`, the in-flight claim is also taken in Redis (`SET NX PX` with a short TTL, so a claim
 //!   left by a crashed replica expires), and waiters on another replica poll it until it is done or gone.
 //! - After the window the record expires (purged periodically) and the id is admitted again.
@@ -22,6 +27,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use self::redis::{Shared, SharedClaim};
 use crate::state::{now_ms, Op, State};
@@ -48,6 +54,8 @@ struct Inner {
     flights: Mutex<HashMap<String, Arc<Notify>>>,
     state: State,
     shared: Option<Shared>,
+    /// Done records being written (see [`ClaimGuard::complete`]); [`Dedup::flush`] waits for them.
+    writes: TaskTracker,
 }
 
 /// `<source>\u{1f}<id>`: the key of an event id in both stores.
@@ -57,7 +65,7 @@ pub fn key(source: &str, id: &str) -> String {
 
 impl Dedup {
     pub fn new(state: State, shared: Option<Shared>) -> Self {
-        Dedup { inner: Arc::new(Inner { flights: Mutex::default(), state, shared }) }
+        Dedup { inner: Arc::new(Inner { flights: Mutex::default(), state, shared, writes: TaskTracker::new() }) }
     }
 
     fn flights(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
@@ -112,9 +120,16 @@ impl Dedup {
         }
     }
 
+    /// Waits until every done record queued so far is committed (or failed and logged).
+    pub async fn flush(&self) {
+        self.inner.writes.close();
+        self.inner.writes.wait().await;
+        self.inner.writes.reopen();
+    }
+
     /// Drops expired records (called periodically).
     pub async fn purge(&self) {
-        if let Err(error) = self.inner.state.write(vec![Op::Purge { now_ms: now_ms() }]).await {
+        if let Err(error) = self.inner.state.purge(now_ms()).await {
             tracing::warn!(%error, "dedup purge failed");
         }
     }
@@ -133,35 +148,41 @@ impl ClaimGuard {
         self.key.as_deref().unwrap_or_default()
     }
 
-    /// Marks the id stored for `window`, durably, then wakes the waiters. A failure to write is logged and
-    /// returned (for `hookgate_dedup_record_failures_total`): the event itself is already durable, and the worst
+    /// Marks the id stored for `window` and returns at once: the record is written (fsynced, and set in Redis)
+    /// by a task of its own, which then releases the id, wakes the waiters and passes `report` the stores that
+    /// failed. Until then an identical delivery waits, so it sees the record. A failure to write is logged and
+    /// reported (for `hookgate_dedup_record_failures_total`): the event itself is already durable, and the worst
     /// outcome is one provider retry published again (`docs/delivery-semantics.md`).
-    pub async fn complete(mut self, window: Duration) -> RecordFailures {
-        let Some(key) = self.key.take() else { return RecordFailures::default() };
+    pub fn complete(mut self, window: Duration, report: impl FnOnce(RecordFailures) + Send + 'static) {
+        let Some(key) = self.key.take() else { return };
+        let token = self.token.take();
+        let dedup = self.dedup.clone();
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-        let local = self.dedup.inner.state.write(vec![Op::Done { key: key.clone(), expires_ms: now_ms() + window_ms }]);
-        let shared = async {
-            match &self.dedup.inner.shared {
-                Some(s) => s.complete(&key, window).await.map_err(|e| e.to_string()),
-                None => Ok(()),
+        let op = Op::Done { key: key.clone(), expires_ms: now_ms().saturating_add(window_ms) };
+        self.dedup.inner.writes.spawn(async move {
+            let local = dedup.inner.state.write(vec![op]);
+            let shared = async {
+                match &dedup.inner.shared {
+                    Some(s) => s.complete(&key, window).await.map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            };
+            let (local, shared) = tokio::join!(local, shared);
+            if let Err(error) = &local {
+                tracing::error!(%error, "dedup record not written; a retry may be published again");
             }
-        };
-        let (local, shared) = tokio::join!(local, shared);
-        if let Err(error) = &local {
-            tracing::error!(%error, "dedup record not written; a retry may be published again");
-        }
-        if let Err(error) = &shared {
-            tracing::error!(%error, "shared dedup record not written; a retry on another replica may be published again");
-        }
-        self.token = None;
-        release_local(&self.dedup, &key);
-        RecordFailures { local: local.is_err(), shared: shared.is_err() }
+            if let Err(error) = &shared {
+                tracing::error!(%error, "shared dedup record not written; a retry on another replica may be published again");
+            }
+            drop(token);
+            release_local(&dedup, &key);
+            report(RecordFailures { local: local.is_err(), shared: shared.is_err() });
+        });
     }
 }
 
 /// Which stores could not record a completed id (each lets a provider retry of it be published again).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[must_use]
 pub struct RecordFailures {
     /// `state.redb`.
     pub local: bool,
@@ -209,17 +230,52 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = Dedup::new(State::open(dir.path()).unwrap(), None);
         let Claim::New(g) = d.claim("s", "a", TTL, far()).await else { panic!("first claim") };
-        assert_eq!(g.complete(Duration::from_millis(300)).await, RecordFailures::default());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        g.complete(Duration::from_millis(300), move |f| {
+            let _ = tx.send(f);
+        });
+        assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::Duplicate));
+        assert_eq!(rx.await.unwrap(), RecordFailures::default());
         assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::Duplicate));
         assert!(matches!(d.claim("other", "a", TTL, far()).await, Claim::New(_)));
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::New(_)));
         let Claim::New(g) = d.claim("s", "b", TTL, far()).await else { panic!("claim b") };
-        let _ = g.complete(Duration::from_secs(60)).await;
+        g.complete(Duration::from_secs(60), drop);
         drop(d);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let d = Dedup::new(State::open(dir.path()).unwrap(), None);
         assert!(matches!(d.claim("s", "b", TTL, far()).await, Claim::Duplicate), "survives a restart");
+    }
+
+    #[tokio::test]
+    async fn a_completed_id_is_never_admitted_again_and_flush_makes_it_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        // `complete` does not wait for the commit; an identical delivery right after it waits for the commit and
+        // is a duplicate, never admitted a second time.
+        let mut claims = Vec::new();
+        for i in 0..200 {
+            let d = d.clone();
+            claims.push(tokio::spawn(async move {
+                let id = format!("e{i}");
+                let Claim::New(g) = d.claim("s", &id, TTL, far()).await else { return false };
+                g.complete(Duration::from_secs(60), drop);
+                matches!(d.claim("s", &id, TTL, far()).await, Claim::Duplicate)
+            }));
+        }
+        for c in claims {
+            assert!(c.await.unwrap(), "a completed id was admitted again");
+        }
+        let Claim::New(g) = d.claim("s", "last", TTL, far()).await else { panic!("claim last") };
+        g.complete(Duration::from_secs(60), drop);
+        d.flush().await;
+        // After flush every record is committed: readable from the file by another handle, and after a restart.
+        assert!(d.inner.state.done_until(&key("s", "last")).unwrap().is_some());
+        drop(d);
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        assert!(matches!(d.claim("s", "last", TTL, far()).await, Claim::Duplicate), "flushed record survives");
+        assert!(matches!(d.claim("s", "e7", TTL, far()).await, Claim::Duplicate));
     }
 
     #[tokio::test]
@@ -238,7 +294,7 @@ mod tests {
         let d3 = d.clone();
         let waiter = tokio::spawn(async move { matches!(d3.claim("s", "b", TTL, far()).await, Claim::Duplicate) });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let _ = g.complete(Duration::from_secs(60)).await;
+        g.complete(Duration::from_secs(60), drop);
         assert!(waiter.await.unwrap(), "a waiter sees the first one's success as a duplicate");
     }
 }

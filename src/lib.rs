@@ -362,7 +362,11 @@ async fn purge_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
             _ = tick.tick() => gateway.dedup.purge().await,
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                // Every request is answered by now: commit the dedup records still queued before exiting.
+                gateway.dedup.flush().await;
+                return;
+            }
         }
     }
 }
@@ -407,7 +411,7 @@ impl Storage {
                 "storage.spool_key_file / spool_key_env not set: the spool is written UNENCRYPTED. Development only"
             );
         }
-        let state = State::open(&s.data_dir)
+        let state = State::open_with(&s.data_dir, usize::try_from(s.cache_bytes).unwrap_or(usize::MAX))
             .with_context(|| format!("cannot open the state in storage.data_dir {}", s.data_dir.display()))?;
         let shared = match &s.shared {
             Some(url) => Some(Shared::connect(url, &s.shared_prefix).await.context("cannot reach storage.shared")?),

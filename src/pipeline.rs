@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! route → rate limit → header cap → head auth → read body (in-flight budget) → auth → parse → normalize →
-//! dedup claim → order check → store (broker or spool) → dedup done (durable) → respond
+//! dedup claim → order check → store (broker or spool) → dedup done (queued for the next group commit, not
+//! waited for) → respond
 //! ```
 //!
 //! The rate limits (per client address, global, per source) are checked right after routing, on the headers
@@ -236,9 +237,11 @@ impl Gateway {
         let (sink, window, metrics) = (self.sink.clone(), source.dedup_window, self.metrics.clone());
         let event = tokio::spawn(async move {
             sink.store(&event, deadline).await?;
-            for store in guard.complete(window).await.stores() {
-                metrics.dedup_record_failures.with_label_values(&[store]).inc();
-            }
+            guard.complete(window, move |failed| {
+                for store in failed.stores() {
+                    metrics.dedup_record_failures.with_label_values(&[store]).inc();
+                }
+            });
             Ok::<Event, crate::store::StoreError>(event)
         })
         .await

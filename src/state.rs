@@ -5,27 +5,43 @@
 //!
 //! - Every write goes through one writer thread that commits batches: all writes waiting when a commit starts
 //!   share it (group commit) and each commit is fsynced (`Durability::Immediate`) before any waiter is told.
-//! - Tables: `dedup` (key → expiry, ms since the epoch), `order` (key → (max time ms, max rank, expiry ms)),
-//!   `poll_jobs` (`<poller>\u{1f}<token>` → (expiry ms, the job record: JSON, see `poll/job.rs`)) and `expiry` ((expiry ms, table tag + key) → ()), the index the purge walks instead of scanning the tables.
-//! - Keys are `<source>\u{1f}<id or subject>`; the unit separator cannot appear in a source name.
+//! - Keys are `<source>\u{1f}<id or subject>` (the unit separator cannot appear in a source name), stored as
+//!   their [`Digest`]: the first 16 bytes of their SHA-256. Fixed-width rows keep the index small on disk
+//!   (`docs/benchmarks.md`: under 100 bytes per event with its order row); a collision of two ids (about 2^-64
+//!   for 2^32 ids) would answer the second `Duplicate`.
+//! - Tables: `dedup_v2` (digest → expiry, ms since the epoch) and `order_v2` (digest → (max time ms, max rank,
+//!   expiry ms)). No expiry index for them: [`State::purge`] scans both tables in a read transaction (which
+//!   never blocks the writer) and removes, in one commit, the rows still expired. The string-keyed tables of
+//!   earlier versions (`dedup`, `order`) are converted once at open.
+//! - `poll_jobs` (`<poller>\u{1f}<token>` → (expiry ms, the job record: JSON, see `poll/job.rs`)) keeps string
+//!   keys (listed by prefix) and its entries in `expiry` ((expiry ms, `p` + key) → ()), which the purge walks.
 //! - No tokio worker touches the file: writes go to the writer thread over a bounded channel, and the request
 //!   path reads through [`State::lookup_done`] / [`State::lookup_order`] (`spawn_blocking`). redb takes no lock
 //!   a reader needs while a commit fsyncs.
+//! - redb's page cache is bounded by `storage.cache_bytes`.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, Durability, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-const DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
-const ORDER: TableDefinition<&str, (i64, u8, u64)> = TableDefinition::new("order");
+/// The stored form of a key.
+pub type Digest = [u8; 16];
+
+const DEDUP: TableDefinition<Digest, u64> = TableDefinition::new("dedup_v2");
+const ORDER: TableDefinition<Digest, (i64, u8, u64)> = TableDefinition::new("order_v2");
+const OLD_DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+const OLD_ORDER: TableDefinition<&str, (i64, u8, u64)> = TableDefinition::new("order");
 const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
 const POLL_JOBS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("poll_jobs");
 /// Writes queued for the writer before senders wait (backpressure, bounded memory).
 const QUEUE: usize = 4096;
 /// Most writes in one commit.
 const BATCH: usize = 512;
+/// redb's page cache when nothing is configured (`storage.cache_bytes`).
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
 /// A failed state read or write.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -34,6 +50,14 @@ pub struct StateError(pub String);
 
 fn err(e: impl std::fmt::Display) -> StateError {
     StateError(e.to_string())
+}
+
+/// The digest under which `key` is stored.
+pub fn digest(key: &str) -> Digest {
+    let full = Sha256::digest(key.as_bytes());
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
 }
 
 /// One write.
@@ -45,8 +69,10 @@ pub enum Op {
     Order { key: String, time_ms: i64, rank: u8, expires_ms: u64 },
     /// A polling job's record, kept until `expires_ms` (a later write of the same key replaces it).
     PollJob { key: String, record: Vec<u8>, expires_ms: u64 },
-    /// Drops entries that expired before `now_ms`.
+    /// Drops every entry that expired before `now_ms` (scanning inside the commit).
     Purge { now_ms: u64 },
+    /// Drops the listed rows that are still expired at `now_ms` (found by [`State::purge`]'s scan).
+    Remove { now_ms: u64, dedup: Vec<Digest>, order: Vec<Digest> },
 }
 
 struct Job {
@@ -62,22 +88,32 @@ pub struct State {
 }
 
 impl State {
-    /// Opens (creating) `<data_dir>/state.redb` and starts the writer thread.
+    /// [`State::open_with`] and the default cache.
+    ///
+    /// # Errors
+    /// See [`State::open_with`].
+    pub fn open(data_dir: &Path) -> Result<State, StateError> {
+        State::open_with(data_dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (creating) `<data_dir>/state.redb` with a page cache of at most `cache_bytes`, converts tables of
+    /// an earlier version, and starts the writer thread.
     ///
     /// # Errors
     /// The file cannot be created or opened (also: another process holds it).
-    pub fn open(data_dir: &Path) -> Result<State, StateError> {
+    pub fn open_with(data_dir: &Path, cache_bytes: usize) -> Result<State, StateError> {
         crate::private_fs::create_dir(data_dir).map_err(err)?;
         let path = data_dir.join("state.redb");
         // Created (or tightened) 0600 before redb opens it: redb itself would create it with the umask.
         crate::private_fs::ensure_file(&path).map_err(err)?;
-        let db = Arc::new(open_db(&path)?);
+        let db = Arc::new(open_db(&path, cache_bytes)?);
         let txn = db.begin_write().map_err(err)?;
         txn.open_table(DEDUP).map_err(err)?;
         txn.open_table(ORDER).map_err(err)?;
         txn.open_table(EXPIRY).map_err(err)?;
         txn.open_table(POLL_JOBS).map_err(err)?;
         txn.commit().map_err(err)?;
+        convert_old_tables(&db)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_db = db.clone();
         std::thread::Builder::new().name("hookgate-state".into()).spawn(move || writer(&writer_db, rx)).map_err(err)?;
@@ -102,6 +138,27 @@ impl State {
     /// Queues `ops` without waiting (advisory state, e.g. order maxima); dropped when the queue is full.
     pub fn write_later(&self, ops: Vec<Op>) {
         let _ = self.tx.try_send(Job { ops, done: None });
+    }
+
+    /// Drops the entries that expired before `now_ms`: the scan runs in a read transaction off the runtime (the
+    /// writer keeps committing meanwhile), then one commit removes the rows found, if still expired.
+    ///
+    /// # Errors
+    /// The scan or the commit failed.
+    pub async fn purge(&self, now_ms: u64) -> Result<(), StateError> {
+        let this = self.clone();
+        let (dedup, order) = tokio::task::spawn_blocking(move || this.expired(now_ms)).await.map_err(err)??;
+        if dedup.is_empty() && order.is_empty() {
+            return Ok(());
+        }
+        self.write(vec![Op::Remove { now_ms, dedup, order }]).await
+    }
+
+    fn expired(&self, now_ms: u64) -> Result<(Vec<Digest>, Vec<Digest>), StateError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let dedup = txn.open_table(DEDUP).map_err(err)?;
+        let order = txn.open_table(ORDER).map_err(err)?;
+        Ok((expired_dedup(&dedup, now_ms)?, expired_order(&order, now_ms)?))
     }
 
     /// [`State::done_until`] off the runtime: a read that misses redb's cache goes to the disk.
@@ -129,7 +186,7 @@ impl State {
     pub fn done_until(&self, key: &str) -> Result<Option<u64>, StateError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(DEDUP).map_err(err)?;
-        Ok(table.get(key).map_err(err)?.map(|v| v.value()))
+        Ok(table.get(digest(key)).map_err(err)?.map(|v| v.value()))
     }
 
     /// The stored (max time ms, max rank, expiry ms) of a subject. Blocking.
@@ -139,7 +196,7 @@ impl State {
     pub fn order_of(&self, key: &str) -> Result<Option<(i64, u8, u64)>, StateError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(ORDER).map_err(err)?;
-        Ok(table.get(key).map_err(err)?.map(|v| v.value()))
+        Ok(table.get(digest(key)).map_err(err)?.map(|v| v.value()))
     }
 
     /// The record of one polling job.
@@ -171,11 +228,33 @@ impl State {
     }
 }
 
+fn expired_dedup(table: &impl ReadableTable<Digest, u64>, now_ms: u64) -> Result<Vec<Digest>, StateError> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(err)? {
+        let (k, v) = entry.map_err(err)?;
+        if v.value() <= now_ms {
+            out.push(k.value());
+        }
+    }
+    Ok(out)
+}
+
+fn expired_order(table: &impl ReadableTable<Digest, (i64, u8, u64)>, now_ms: u64) -> Result<Vec<Digest>, StateError> {
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(err)? {
+        let (k, v) = entry.map_err(err)?;
+        if v.value().2 <= now_ms {
+            out.push(k.value());
+        }
+    }
+    Ok(out)
+}
+
 /// Opens the file; a database still held by a writer thread that is stopping is waited for briefly.
-fn open_db(path: &Path) -> Result<Database, StateError> {
+fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StateError> {
     let mut tries = 0;
     loop {
-        match Database::create(path) {
+        match Database::builder().set_cache_size(cache_bytes).create(path) {
             Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 40 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(50));
@@ -186,6 +265,47 @@ fn open_db(path: &Path) -> Result<Database, StateError> {
             other => return other.map_err(err),
         }
     }
+}
+
+/// Moves the rows of the string-keyed tables of earlier versions into the digest tables, once.
+fn convert_old_tables(db: &Database) -> Result<(), StateError> {
+    let names: Vec<String> = {
+        let txn = db.begin_read().map_err(err)?;
+        let names = txn.list_tables().map_err(err)?.map(|t| t.name().to_string()).collect();
+        names
+    };
+    if !names.iter().any(|n| n == "dedup" || n == "order") {
+        return Ok(());
+    }
+    let mut txn = db.begin_write().map_err(err)?;
+    txn.set_durability(Durability::Immediate);
+    let mut rows = 0u64;
+    {
+        let mut dedup = txn.open_table(DEDUP).map_err(err)?;
+        let mut order = txn.open_table(ORDER).map_err(err)?;
+        if names.iter().any(|n| n == "dedup") {
+            let old = txn.open_table(OLD_DEDUP).map_err(err)?;
+            for entry in old.iter().map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                dedup.insert(digest(k.value()), v.value()).map_err(err)?;
+                rows += 1;
+            }
+        }
+        if names.iter().any(|n| n == "order") {
+            let old = txn.open_table(OLD_ORDER).map_err(err)?;
+            for entry in old.iter().map_err(err)? {
+                let (k, v) = entry.map_err(err)?;
+                order.insert(digest(k.value()), v.value()).map_err(err)?;
+                rows += 1;
+            }
+        }
+    }
+    txn.delete_table(OLD_DEDUP).map_err(err)?;
+    txn.delete_table(OLD_ORDER).map_err(err)?;
+    // Their entries in `expiry` (tags `d`, `o`) are dropped by the purge as they come due.
+    txn.commit().map_err(err)?;
+    tracing::info!(rows, "state: index converted to the digest tables");
+    Ok(())
 }
 
 /// The next group of a writer thread: blocks for one job, then takes the others already waiting, `max` at most.
@@ -226,18 +346,24 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
         for op in ops {
             match op {
                 Op::Done { key, expires_ms } => {
-                    dedup.insert(key.as_str(), *expires_ms).map_err(err)?;
-                    expiry.insert((*expires_ms, format!("d{key}").as_str()), ()).map_err(err)?;
+                    dedup.insert(digest(key), *expires_ms).map_err(err)?;
                 }
                 Op::Order { key, time_ms, rank, expires_ms } => {
-                    order.insert(key.as_str(), (*time_ms, *rank, *expires_ms)).map_err(err)?;
-                    expiry.insert((*expires_ms, format!("o{key}").as_str()), ()).map_err(err)?;
+                    order.insert(digest(key), (*time_ms, *rank, *expires_ms)).map_err(err)?;
                 }
                 Op::PollJob { key, record, expires_ms } => {
                     jobs.insert(key.as_str(), (*expires_ms, record.as_slice())).map_err(err)?;
                     expiry.insert((*expires_ms, format!("p{key}").as_str()), ()).map_err(err)?;
                 }
-                Op::Purge { now_ms } => purge(&mut dedup, &mut order, &mut jobs, &mut expiry, *now_ms)?,
+                Op::Purge { now_ms } => {
+                    let (d, o) = (expired_dedup(&dedup, *now_ms)?, expired_order(&order, *now_ms)?);
+                    remove(&mut dedup, &mut order, *now_ms, &d, &o)?;
+                    purge_jobs(&mut jobs, &mut expiry, *now_ms)?;
+                }
+                Op::Remove { now_ms, dedup: d, order: o } => {
+                    remove(&mut dedup, &mut order, *now_ms, d, o)?;
+                    purge_jobs(&mut jobs, &mut expiry, *now_ms)?;
+                }
             }
         }
     }
@@ -246,28 +372,45 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
 
 type Table<'t, K, V> = redb::Table<'t, K, V>;
 
-fn purge(
-    dedup: &mut Table<&str, u64>,
-    order: &mut Table<&str, (i64, u8, u64)>,
+/// Removes the listed rows that are still expired (a later write may have extended one since the scan).
+fn remove(
+    dedup: &mut Table<Digest, u64>,
+    order: &mut Table<Digest, (i64, u8, u64)>,
+    now_ms: u64,
+    d: &[Digest],
+    o: &[Digest],
+) -> Result<(), StateError> {
+    for k in d {
+        if dedup.get(k).map_err(err)?.is_some_and(|v| v.value() <= now_ms) {
+            dedup.remove(k).map_err(err)?;
+        }
+    }
+    for k in o {
+        if order.get(k).map_err(err)?.is_some_and(|v| v.value().2 <= now_ms) {
+            order.remove(k).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Drops the polling jobs whose last write expired (and every due `expiry` entry, including those of the
+/// string-keyed tables of earlier versions).
+fn purge_jobs(
     jobs: &mut Table<&str, (u64, &[u8])>,
     expiry: &mut Table<(u64, &str), ()>,
     now_ms: u64,
 ) -> Result<(), StateError> {
-    let mut expired = Vec::new();
+    let mut due = Vec::new();
     for entry in expiry.range((0, "")..(now_ms, "")).map_err(err)? {
         let (k, _) = entry.map_err(err)?;
         let (at, tagged) = k.value();
-        expired.push((at, tagged.to_string()));
+        due.push((at, tagged.to_string()));
     }
-    for (at, tagged) in expired {
+    for (at, tagged) in due {
         expiry.remove((at, tagged.as_str())).map_err(err)?;
-        // A later write may have extended the entry: only remove what really expired.
         let key = tagged.get(1..).unwrap_or_default();
-        if tagged.starts_with('d') && dedup.get(key).map_err(err)?.is_some_and(|v| v.value() <= now_ms) {
-            dedup.remove(key).map_err(err)?;
-        } else if tagged.starts_with('o') && order.get(key).map_err(err)?.is_some_and(|v| v.value().2 <= now_ms) {
-            order.remove(key).map_err(err)?;
-        } else if tagged.starts_with('p') && jobs.get(key).map_err(err)?.is_some_and(|v| v.value().0 <= now_ms) {
+        // A later write may have extended the job: only remove what really expired.
+        if tagged.starts_with('p') && jobs.get(key).map_err(err)?.is_some_and(|v| v.value().0 <= now_ms) {
             jobs.remove(key).map_err(err)?;
         }
     }
@@ -277,6 +420,17 @@ fn purge(
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+/// Rows in the dedup and order tables (for the benchmark and tests).
+///
+/// # Errors
+/// The read failed.
+pub fn rows(state: &State) -> Result<(u64, u64), StateError> {
+    let txn = state.db.begin_read().map_err(err)?;
+    let d = txn.open_table(DEDUP).map_err(err)?.len().map_err(err)?;
+    let o = txn.open_table(ORDER).map_err(err)?.len().map_err(err)?;
+    Ok((d, o))
 }
 
 #[cfg(test)]
@@ -323,5 +477,37 @@ mod tests {
         let listed = s.poll_jobs("p\u{1f}").unwrap();
         assert_eq!(listed, vec![("p\u{1f}t1".into(), b"one again".to_vec()), ("p\u{1f}t2".into(), b"two".to_vec())]);
         assert_eq!(s.poll_job("q\u{1f}t").unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_scanning_purge_keeps_what_a_later_write_extended() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = State::open(dir.path()).unwrap();
+        let now = now_ms();
+        let ops = (0..1000).map(|i| Op::Done { key: format!("a\u{1f}{i}"), expires_ms: now - 1 + (i % 2) * 60_000 });
+        s.write(ops.collect()).await.unwrap();
+        s.purge(now).await.unwrap();
+        assert_eq!(rows(&s).unwrap(), (500, 0));
+        assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(now + 59_999));
+        assert_eq!(s.done_until("a\u{1f}0").unwrap(), None);
+    }
+
+    #[test]
+    fn string_keyed_tables_of_an_earlier_version_are_converted_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Database::create(dir.path().join("state.redb")).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(OLD_DEDUP).unwrap().insert("a\u{1f}1", 77u64).unwrap();
+            txn.open_table(OLD_ORDER).unwrap().insert("a\u{1f}tx", (5i64, 2u8, 88u64)).unwrap();
+            txn.open_table(EXPIRY).unwrap().insert((77u64, "da\u{1f}1"), ()).unwrap();
+            txn.commit().unwrap();
+        }
+        let s = State::open(dir.path()).unwrap();
+        assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(77));
+        assert_eq!(s.order_of("a\u{1f}tx").unwrap(), Some((5, 2, 88)));
+        let txn = s.db.begin_read().unwrap();
+        let names: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+        assert!(!names.iter().any(|n| n == "dedup" || n == "order"), "{names:?}");
     }
 }

@@ -169,6 +169,10 @@ pub struct Storage {
     pub spool_key_env: Option<String>,
     #[serde(default = "default_spool_max_bytes")]
     pub spool_max_bytes: u64,
+    /// Bytes of redb's page cache for `state.redb` (the dedup index and order state): bounds the memory the
+    /// index takes, however many events it holds.
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
 }
 
 impl Default for Storage {
@@ -180,6 +184,7 @@ impl Default for Storage {
             spool_key_file: None,
             spool_key_env: None,
             spool_max_bytes: default_spool_max_bytes(),
+            cache_bytes: default_cache_bytes(),
         }
     }
 }
@@ -294,6 +299,9 @@ fn default_shared_prefix() -> String {
 }
 fn default_spool_max_bytes() -> u64 {
     1 << 30
+}
+fn default_cache_bytes() -> u64 {
+    crate::state::DEFAULT_CACHE_BYTES as u64
 }
 fn default_global_bucket() -> Bucket {
     Bucket { per_second: 20_000, burst: 40_000 }

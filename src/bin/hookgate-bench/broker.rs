@@ -12,11 +12,11 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -68,8 +68,7 @@ pub async fn ceiling(
                     .with_content_type(d.content_type.into())
                     .with_message_id(format!("{:x}", d.key).into());
                 let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-                let Ok(confirm) = ch.basic_publish("".into(), queue.as_str().into(), opts, &d.body, props).await
-                else {
+                let Ok(confirm) = ch.basic_publish("".into(), queue.as_str().into(), opts, &d.body, props).await else {
                     break;
                 };
                 if confirm.await.is_err() {
@@ -116,13 +115,18 @@ impl Drain {
     pub async fn bind(url: &str, exchange: &str) -> anyhow::Result<Drain> {
         let conn = connect(url).await?;
         let ch = conn.create_channel().await?;
-        let opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        ch.exchange_declare(exchange.into(), ExchangeKind::Topic, opts, FieldTable::default()).await?;
+        // Declared by the gateway (with its alternate exchange): bound after the gateway is ready.
         let queue = format!("{exchange}-drain");
         let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
         ch.queue_declare(queue.as_str().into(), qopts, FieldTable::default()).await?;
-        ch.queue_bind(queue.as_str().into(), exchange.into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-            .await?;
+        ch.queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
         Ok(Drain { conn, queue })
     }
 
@@ -149,6 +153,9 @@ impl Drain {
         }
         let _ = ch.queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default()).await;
         let _ = ch.exchange_delete(exchange.into(), Default::default()).await;
+        let unrouted = format!("{exchange}.unrouted");
+        let _ = ch.queue_delete(unrouted.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = ch.exchange_delete(unrouted.as_str().into(), Default::default()).await;
         let _ = self.conn.close(200, "done".into()).await;
         Ok(Check {
             consumed,

@@ -93,7 +93,8 @@ impl Report {
         for r in &self.rows {
             let ratio = r.ratio.map_or("-".into(), |x| format!("{x:.2}"));
             let ready = r.ready_ms.map_or("-".into(), |x| format!("{x:.0}"));
-            let check = r.check.as_ref().map_or("-".into(), |c| format!("{} / {} / {}", c.lost, c.unexpected, c.duplicates));
+            let check =
+                r.check.as_ref().map_or("-".into(), |c| format!("{} / {} / {}", c.lost, c.unexpected, c.duplicates));
             let statuses: Vec<String> = r.statuses.iter().map(|(k, v)| format!("{k}:{v}")).collect();
             let notes: Vec<String> = r.notes.iter().map(|(k, v)| format!("{k}={v}")).collect();
             println!(
