@@ -210,7 +210,7 @@ impl Shared {
                 }
             }
             Err(error) => {
-                tracing::warn!(url = %self.url, %error, "cannot fetch the JWKS; the last good set stays in use");
+                tracing::warn!(url = %loggable(&self.url), %error, "cannot fetch the JWKS; the last good set stays in use");
                 if c.keys.is_some() {
                     MISS_REFRESH
                 } else {
@@ -219,5 +219,23 @@ impl Shared {
             }
         };
         c.next_try = Some(now + pause);
+    }
+}
+
+/// The JWKS URL as it may be logged: scheme, host, port and path; never user info or a query (either may hold a
+/// credential).
+fn loggable(url: &http::Uri) -> String {
+    let scheme = url.scheme_str().unwrap_or("https");
+    let host = url.host().unwrap_or("");
+    let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    format!("{scheme}://{host}{port}{}", url.path())
+}
+
+#[cfg(test)]
+mod loggable_tests {
+    #[test]
+    fn user_info_and_query_never_reach_the_log() {
+        let url: http::Uri = "https://user:s3cret@idp.example:8443/keys?token=abc".parse().expect("uri");
+        assert_eq!(super::loggable(&url), "https://idp.example:8443/keys");
     }
 }
