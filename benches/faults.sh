@@ -6,15 +6,19 @@
 # cut, a full spool. Prints a markdown summary table; exits non-zero when the oracle fails.
 #
 #   benches/faults.sh            (debug build; the figures are about correctness, not speed)
+#   benches/faults.sh --cluster  a 3-node cluster of its own, a quorum queue, kill -9 of the gateway's node
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --quiet --bin hookgate --example faults
 work=$(mktemp -d "${TMPDIR:-/tmp}/hookgate-faults.XXXXXX")
 node="hookgate-faults-$$@localhost"
 cleanup() {
-    # The driver stops its node and gateway itself; this is the backstop if it died: only our own node's pid.
-    local pidfile="$work/${node%@*}/pid"
-    if [[ -s "$pidfile" ]]; then kill -9 "$(cat "$pidfile")" 2>/dev/null || true; fi
+    # The driver stops its nodes and gateway itself; this is the backstop if it died: only the pids of the nodes
+    # this run started (their pid files under $work).
+    local pidfile
+    for pidfile in "$work"/*/pid; do
+        if [[ -s "$pidfile" ]]; then kill -9 "$(cat "$pidfile")" 2>/dev/null || true; fi
+    done
     if [[ "${KEEP_WORK:-}" != 1 ]]; then rm -rf "$work"; fi
 }
 trap cleanup EXIT INT TERM

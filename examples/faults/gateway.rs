@@ -31,10 +31,12 @@ impl Gateway {
     }
 
     /// Writes the config (broker URL, spool cap) and starts the process; waits for `/readyz` 200.
+    /// `amqp` is one URL, or a TOML array of them (`broker.urls`, a cluster).
     pub async fn start(&mut self, amqp: &str, exchange: &str, spool_max_bytes: u64) -> anyhow::Result<Duration> {
+        let broker = if amqp.starts_with('[') { format!("urls = {amqp}") } else { format!("url = \"{amqp}\"") };
         let config = format!(
             "[server]\nlisten = \"{}\"\nheader_read_timeout = \"2s\"\nbody_read_timeout = \"2s\"\n\
-             drain_timeout = \"5s\"\n[admin]\nlisten = \"{}\"\n[broker]\nurl = \"{amqp}\"\nexchange = \"{exchange}\"\n\
+             drain_timeout = \"5s\"\n[admin]\nlisten = \"{}\"\n[broker]\n{broker}\nexchange = \"{exchange}\"\n\
              publish_timeout = \"1s\"\n[storage]\ndata_dir = \"{}\"\nspool_max_bytes = {spool_max_bytes}\n\
              [logging]\nlevel = \"warn\"\n[sources.generic]\npreset = \"generic\"\nunauthenticated = true\n",
             self.addr,

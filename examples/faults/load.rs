@@ -17,6 +17,8 @@ pub struct Answer {
     pub status: Option<u16>,
     pub reason: String,
     pub took: Duration,
+    /// When the answer came.
+    pub at: Instant,
 }
 
 #[derive(Clone)]
@@ -65,7 +67,7 @@ impl Load {
                 pending.push(body.clone());
             }
             if let Ok(mut a) = self.answers.lock() {
-                a.push(Answer { phase, body, status, reason, took });
+                a.push(Answer { phase, body, status, reason, took, at: Instant::now() });
             }
             // A refused connection (the gateway is down) is retried a little later, like a provider would.
             let pause = if status.is_none() && took < PAUSE { PAUSE * 4 } else { PAUSE };

@@ -7,6 +7,7 @@
 //! answer left before the source's deadline (10 s); duplicates are counted against the bound of
 //! docs/delivery-semantics.md.
 
+mod cluster;
 mod gateway;
 mod load;
 mod node;
@@ -26,10 +27,10 @@ use gateway::Gateway;
 use load::{Load, WORKERS};
 use node::{Node, Proxy};
 
-const EXCHANGE: &str = "hookgate-faults";
+pub(crate) const EXCHANGE: &str = "hookgate-faults";
 const QUEUE: &str = "hookgate-faults-all";
-const DEADLINE: Duration = Duration::from_secs(10);
-const SPOOL: u64 = 64 * 1024 * 1024;
+pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const SPOOL: u64 = 64 * 1024 * 1024;
 const SMALL_SPOOL: u64 = 16 * 1024;
 /// docs/delivery-semantics.md: a crash republishes at most this many confirmed spool records.
 const CURSOR_EVERY: usize = 64;
@@ -47,7 +48,7 @@ fn arg(name: &str) -> Option<String> {
     args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
 }
 
-fn sleep(ms: u64) -> tokio::time::Sleep {
+pub(crate) fn sleep(ms: u64) -> tokio::time::Sleep {
     tokio::time::sleep(Duration::from_millis(ms))
 }
 
@@ -55,6 +56,9 @@ fn sleep(ms: u64) -> tokio::time::Sleep {
 async fn main() -> anyhow::Result<()> {
     let bin = PathBuf::from(arg("--hookgate").unwrap_or_else(|| "target/debug/hookgate".into()));
     let work = PathBuf::from(arg("--work").ok_or_else(|| anyhow::anyhow!("--work DIR is required"))?);
+    if std::env::args().any(|a| a == "--cluster") {
+        return if cluster::run(&bin, &work).await? { Ok(()) } else { anyhow::bail!("the oracle failed") };
+    }
     let name = arg("--node").unwrap_or_else(|| format!("hookgate-faults-{}@localhost", std::process::id()));
     let (port, dist) = (gateway::free_port(), gateway::free_port());
     let mut node = Node::new(&work, &name, port, dist)?;
@@ -180,7 +184,7 @@ async fn finish(gw: &Gateway, phases: &mut [Phase], base: f64, text: String) {
     }
 }
 
-async fn wait_connected(gw: &Gateway) {
+pub(crate) async fn wait_connected(gw: &Gateway) {
     for _ in 0..600 {
         if gw.metric("hookgate_broker_connected").await == 1.0 {
             return;
@@ -190,7 +194,7 @@ async fn wait_connected(gw: &Gateway) {
     eprintln!("faults: the gateway did not reconnect within 60 s");
 }
 
-async fn wait_drained(gw: &Gateway) {
+pub(crate) async fn wait_drained(gw: &Gateway) {
     for _ in 0..600 {
         if gw.metric("hookgate_spool_events").await == 0.0 {
             return;
@@ -212,12 +216,16 @@ async fn bind_queue(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every message in the queue: body → copies.
 async fn drain(url: &str) -> anyhow::Result<HashMap<String, usize>> {
+    drain_queue(url, QUEUE).await
+}
+
+/// Every message in `queue`: body → copies.
+pub(crate) async fn drain_queue(url: &str, queue: &str) -> anyhow::Result<HashMap<String, usize>> {
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
-    let mut consumer = ch.basic_consume(QUEUE.into(), "faults".into(), opts, FieldTable::default()).await?;
+    let mut consumer = ch.basic_consume(queue.into(), "faults".into(), opts, FieldTable::default()).await?;
     let mut copies = HashMap::new();
     while let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_secs(3), consumer.next()).await {
         *copies.entry(String::from_utf8_lossy(&d.data).into_owned()).or_insert(0) += 1;

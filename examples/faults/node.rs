@@ -36,6 +36,10 @@ impl Node {
         std::fs::write(dir.join("enabled_plugins"), "[].\n")?;
         std::fs::write(dir.join("rabbitmq.conf"), format!("listeners.tcp.default = 127.0.0.1:{port}\n"))?;
         std::fs::write(dir.join("rabbitmq-env.conf"), "ERL_EPMD_ADDRESS=127.0.0.1\n")?;
+        // One cookie for every node of the run (a cluster's nodes and rabbitmqctl must share it).
+        let cookie = dir.join(".erlang.cookie");
+        std::fs::write(&cookie, format!("HOOKGATEFAULTS{}", std::process::id()))?;
+        std::fs::set_permissions(&cookie, std::os::unix::fs::PermissionsExt::from_mode(0o400))?;
         Ok(Node { name: name.to_string(), port, dist_port, dir, child: None })
     }
 
@@ -84,7 +88,11 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        anyhow::bail!("node {} did not start (exited, or not up within 90 s) (see {})", self.name, self.dir.join("server.out").display())
+        anyhow::bail!(
+            "node {} did not start (exited, or not up within 90 s) (see {})",
+            self.name,
+            self.dir.join("server.out").display()
+        )
     }
 
     /// `rabbitmqctl -n NODE args...`.

@@ -194,7 +194,18 @@ pub(crate) async fn declare(conn: &Connection, s: &super::Settings) -> Result<()
     }
     let mut args = FieldTable::default();
     if let Some(ae) = &s.alternate_exchange {
-        declare_alternate(&ch, ae).await?;
+        // On a channel of its own: in a cluster, the durable queue may live on a node that is down, and the
+        // gateway must still publish through the nodes that are up (broker.urls).
+        let ach = conn.create_channel().await?;
+        match declare_alternate(&ach, ae).await {
+            Ok(()) => close_quietly(ach).await?,
+            Err(e) if is_not_found(&e) => tracing::warn!(
+                alternate_exchange = %ae,
+                "the alternate exchange's queue lives on a cluster node that is down (NOT_FOUND): publishing on; \
+                 events no binding matches are not kept until that node is back"
+            ),
+            Err(e) => return Err(e),
+        }
         // https://www.rabbitmq.com/docs/ae
         args.insert("alternate-exchange".into(), AMQPValue::LongString(ae.as_str().into()));
     }
@@ -228,6 +239,11 @@ async fn declare_alternate(ch: &Channel, ae: &str) -> Result<(), lapin::Error> {
     let queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
     ch.queue_declare(ae.into(), queue, FieldTable::default()).await?;
     ch.queue_bind(ae.into(), ae.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await
+}
+
+/// 404: here, a durable classic queue whose home node is down.
+fn is_not_found(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 404)
 }
 
 fn is_precondition_failed(e: &lapin::Error) -> bool {
