@@ -415,7 +415,20 @@ where
     try_send(io, req).await.expect("response")
 }
 
+/// No request of the harness waits longer than this: a gateway that never answers fails its test, never hangs
+/// the suite.
+const REQUEST_LIMIT: Duration = Duration::from_secs(60);
+
 async fn try_send<S>(io: S, req: http::Request<Full<Bytes>>) -> Result<Resp, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::time::timeout(REQUEST_LIMIT, round_trip(io, req))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_LIMIT:?}")))
+}
+
+async fn round_trip<S>(io: S, req: http::Request<Full<Bytes>>) -> Result<Resp, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
