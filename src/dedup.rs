@@ -56,7 +56,13 @@ struct Inner {
     shared: Option<Shared>,
     /// Done records being written (see [`ClaimGuard::complete`]); [`Dedup::flush`] waits for them.
     writes: TaskTracker,
+    /// Caps the done records queued at once: past it, a request waits for its own record (a disk that falls
+    /// behind slows the answers rather than growing the queued records and in-flight ids without bound).
+    pending: Arc<tokio::sync::Semaphore>,
 }
+
+/// Done records that may be queued (not yet committed) at once.
+pub const MAX_PENDING_RECORDS: usize = 4096;
 
 /// `<source>\u{1f}<id>`: the key of an event id in both stores.
 pub fn key(source: &str, id: &str) -> String {
@@ -65,7 +71,10 @@ pub fn key(source: &str, id: &str) -> String {
 
 impl Dedup {
     pub fn new(state: State, shared: Option<Shared>) -> Self {
-        Dedup { inner: Arc::new(Inner { flights: Mutex::default(), state, shared, writes: TaskTracker::new() }) }
+        let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS));
+        Dedup {
+            inner: Arc::new(Inner { flights: Mutex::default(), state, shared, writes: TaskTracker::new(), pending }),
+        }
     }
 
     fn flights(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {
@@ -153,7 +162,9 @@ impl ClaimGuard {
     /// failed. Until then an identical delivery waits, so it sees the record. A failure to write is logged and
     /// reported (for `hookgate_dedup_record_failures_total`): the event itself is already durable, and the worst
     /// outcome is one provider retry published again (`docs/delivery-semantics.md`).
-    pub fn complete(mut self, window: Duration, report: impl FnOnce(RecordFailures) + Send + 'static) {
+    pub async fn complete(mut self, window: Duration, report: impl FnOnce(RecordFailures) + Send + 'static) {
+        // Waits only when MAX_PENDING_RECORDS records are already queued. The semaphore is never closed.
+        let permit = self.dedup.inner.pending.clone().acquire_owned().await.ok();
         let Some(key) = self.key.take() else { return };
         let token = self.token.take();
         let dedup = self.dedup.clone();
@@ -176,6 +187,7 @@ impl ClaimGuard {
             }
             drop(token);
             release_local(&dedup, &key);
+            drop(permit);
             report(RecordFailures { local: local.is_err(), shared: shared.is_err() });
         });
     }
@@ -226,6 +238,23 @@ mod tests {
     const TTL: Duration = Duration::from_secs(10);
 
     #[tokio::test]
+    async fn queued_records_are_capped_and_every_slot_comes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        // More completions than the cap: each slot is returned once its record is written, so none waits forever.
+        let all = async {
+            for i in 0..MAX_PENDING_RECORDS + 100 {
+                let Claim::New(g) = d.claim("s", &i.to_string(), TTL, far()).await else { panic!("claim {i}") };
+                g.complete(Duration::from_secs(60), drop).await;
+            }
+            d.flush().await;
+        };
+        tokio::time::timeout(Duration::from_secs(60), all).await.expect("no completion waits for ever");
+        assert_eq!(d.inner.pending.available_permits(), MAX_PENDING_RECORDS);
+        assert!(matches!(d.claim("s", "0", TTL, far()).await, Claim::Duplicate));
+    }
+
+    #[tokio::test]
     async fn second_claim_is_a_duplicate_until_the_window_ends_and_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let d = Dedup::new(State::open(dir.path()).unwrap(), None);
@@ -233,7 +262,8 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         g.complete(Duration::from_millis(300), move |f| {
             let _ = tx.send(f);
-        });
+        })
+        .await;
         assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::Duplicate));
         assert_eq!(rx.await.unwrap(), RecordFailures::default());
         assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::Duplicate));
@@ -241,7 +271,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::New(_)));
         let Claim::New(g) = d.claim("s", "b", TTL, far()).await else { panic!("claim b") };
-        g.complete(Duration::from_secs(60), drop);
+        g.complete(Duration::from_secs(60), drop).await;
         drop(d);
         tokio::time::sleep(Duration::from_millis(100)).await;
         let d = Dedup::new(State::open(dir.path()).unwrap(), None);
@@ -260,7 +290,7 @@ mod tests {
             claims.push(tokio::spawn(async move {
                 let id = format!("e{i}");
                 let Claim::New(g) = d.claim("s", &id, TTL, far()).await else { return false };
-                g.complete(Duration::from_secs(60), drop);
+                g.complete(Duration::from_secs(60), drop).await;
                 matches!(d.claim("s", &id, TTL, far()).await, Claim::Duplicate)
             }));
         }
@@ -268,7 +298,7 @@ mod tests {
             assert!(c.await.unwrap(), "a completed id was admitted again");
         }
         let Claim::New(g) = d.claim("s", "last", TTL, far()).await else { panic!("claim last") };
-        g.complete(Duration::from_secs(60), drop);
+        g.complete(Duration::from_secs(60), drop).await;
         d.flush().await;
         // After flush every record is committed: readable from the file by another handle, and after a restart.
         assert!(d.inner.state.done_until(&key("s", "last")).unwrap().is_some());
@@ -294,7 +324,7 @@ mod tests {
         let d3 = d.clone();
         let waiter = tokio::spawn(async move { matches!(d3.claim("s", "b", TTL, far()).await, Claim::Duplicate) });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        g.complete(Duration::from_secs(60), drop);
+        g.complete(Duration::from_secs(60), drop).await;
         assert!(waiter.await.unwrap(), "a waiter sees the first one's success as a duplicate");
     }
 }

@@ -237,11 +237,13 @@ impl Gateway {
         let (sink, window, metrics) = (self.sink.clone(), source.dedup_window, self.metrics.clone());
         let event = tokio::spawn(async move {
             sink.store(&event, deadline).await?;
-            guard.complete(window, move |failed| {
-                for store in failed.stores() {
-                    metrics.dedup_record_failures.with_label_values(&[store]).inc();
-                }
-            });
+            guard
+                .complete(window, move |failed| {
+                    for store in failed.stores() {
+                        metrics.dedup_record_failures.with_label_values(&[store]).inc();
+                    }
+                })
+                .await;
             Ok::<Event, crate::store::StoreError>(event)
         })
         .await
