@@ -381,6 +381,11 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
 
 /// Deletes a test exchange, and its alternate exchange and queue (`<name>.unrouted`).
 pub async fn delete_exchange(name: &str) {
+    // Best-effort cleanup, bounded: a broker operation that never completes must not hang the suite.
+    let _ = tokio::time::timeout(Duration::from_secs(15), delete_exchange_now(name)).await;
+}
+
+async fn delete_exchange_now(name: &str) {
     let conn = broker().await;
     if let Ok(ch) = conn.create_channel().await {
         let _ = ch.exchange_delete(name.into(), Default::default()).await;
@@ -535,7 +540,7 @@ impl Queue {
     }
 
     pub async fn close(self) {
-        let _ = self.conn.close(200, "done".into()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.conn.close(200, "done".into())).await;
     }
 }
 
