@@ -190,10 +190,16 @@ async fn finish(mut row: Row, g: Gateway, drain: Drain, exchange: &str, tally: &
     Ok(row)
 }
 
+/// Starts the scenario's gateway and binds the queue its delivery check drains.
+async fn up(ctx: &Ctx, setup: &Setup) -> anyhow::Result<(Gateway, Drain)> {
+    let g = ctx.start(setup).await?;
+    let drain = Drain::bind(&ctx.args.amqp, &setup.exchange).await?;
+    Ok((g, drain))
+}
+
 async fn max(ctx: &mut Ctx, transport: Transport, label: &str) -> anyhow::Result<Row> {
     let (setup, pki) = ctx.setup(transport, &ctx.args.amqp.clone())?;
-    let g = ctx.start(&setup).await?;
-    let drain = Drain::bind(&ctx.args.amqp, &setup.exchange).await?;
+    let (g, drain) = up(ctx, &setup).await?;
     let load = Load {
         target: target(&g, pki.as_ref()),
         connections: ctx.args.connections,
@@ -209,8 +215,7 @@ async fn max(ctx: &mut Ctx, transport: Transport, label: &str) -> anyhow::Result
 async fn fixed(ctx: &mut Ctx, label: &str) -> anyhow::Result<Row> {
     let transport = ctx.args.transport;
     let (setup, pki) = ctx.setup(transport, &ctx.args.amqp.clone())?;
-    let g = ctx.start(&setup).await?;
-    let drain = Drain::bind(&ctx.args.amqp, &setup.exchange).await?;
+    let (g, drain) = up(ctx, &setup).await?;
     let load = Load {
         target: target(&g, pki.as_ref()),
         connections: ctx.args.open_connections,
@@ -226,8 +231,7 @@ async fn fixed(ctx: &mut Ctx, label: &str) -> anyhow::Result<Row> {
 
 async fn retries(ctx: &mut Ctx) -> anyhow::Result<Row> {
     let (setup, _) = ctx.setup(Transport::Plain, &ctx.args.amqp.clone())?;
-    let g = ctx.start(&setup).await?;
-    let drain = Drain::bind(&ctx.args.amqp, &setup.exchange).await?;
+    let (g, drain) = up(ctx, &setup).await?;
     let load = Load {
         target: target(&g, None),
         connections: ctx.args.connections,
@@ -249,8 +253,7 @@ async fn spool(ctx: &mut Ctx) -> anyhow::Result<Row> {
     }
     let via = ctx.args.amqp.replace(&upstream, &proxy.addr.to_string());
     let (setup, pki) = ctx.setup(transport, &via)?;
-    let g = ctx.start(&setup).await?;
-    let drain = Drain::bind(&ctx.args.amqp, &setup.exchange).await?;
+    let (g, drain) = up(ctx, &setup).await?;
     proxy.cut();
     wait_metric(&g, "hookgate_broker_connected", 0.0, Duration::from_secs(20)).await?;
     let load = Load {
@@ -289,8 +292,7 @@ async fn ratelimit(ctx: &mut Ctx) -> anyhow::Result<Row> {
     setup.rate_limits = "global = { per_second = 20000, burst = 40000 }\nper_client = { per_second = 1, burst = 2 }\n\
                          max_clients = 100000\n"
         .into();
-    let g = ctx.start(&setup).await?;
-    let drain = Drain::bind(&ctx.args.amqp, &setup.exchange).await?;
+    let (g, drain) = up(ctx, &setup).await?;
     let load = Load {
         target: target(&g, pki.as_ref()),
         connections: ctx.args.connections,
@@ -339,8 +341,7 @@ async fn index(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
             grow_index(&data, n, ctx.run).await?;
         }
         let before_bytes = std::fs::metadata(data.join("state.redb")).map(|m| m.len()).unwrap_or(0);
-        let g = ctx.start(&setup).await?;
-        let drain = Drain::bind(&ctx.args.amqp, &setup.exchange).await?;
+        let (g, drain) = up(ctx, &setup).await?;
         let start_rss = ProcStats::read(g.pid()).rss;
         let load = Load {
             target: target(&g, None),
