@@ -86,11 +86,11 @@ impl Poller {
     /// Checks one poller's own keys (the rules that involve sources are in `Config::validate`).
     pub(super) fn validate(&mut self, name: &str) -> Result<(), ConfigError> {
         let key = |k: &str| format!("pollers.{name}.{k}");
-        super::validate_name("pollers", "a poller", name)?;
+        super::validate::validate_name("pollers", "a poller", name)?;
         self.validate_endpoints(name, &key)?;
         self.validate_credentials(&key)?;
         self.validate_limits(&key)?;
-        super::validate_auth(&format!("pollers.{name}"), &self.auth, self.unauthenticated)
+        super::validate::validate_auth(&format!("pollers.{name}"), &self.auth, self.unauthenticated)
     }
 
     /// `path` (defaulted to `/poll/NAME`, literal), `sso_url` and `nvp_url`.
