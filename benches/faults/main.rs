@@ -185,8 +185,11 @@ async fn baseline(gw: &Gateway) -> (f64, f64) {
 
 /// Records the events spooled in the phase; the bound of a broker-side fault (docs/delivery-semantics.md) is one
 /// copy per request in flight at the fault plus one per publish — of a request or of the drainer — whose outcome
-/// was unknown (it may have landed).
+/// was unknown (it may have landed). The phase ends only once the spool has drained, so every copy of its events
+/// was published while its counters were read (a drain that ran on into the next phase once charged that phase's
+/// failures, and the restart of the full-spool phase, to this one's events).
 async fn finish(gw: &Gateway, phases: &mut [Phase], base: (f64, f64), text: String) {
+    wait_drained(gw).await;
     let spooled = gw.metric("hookgate_spooled_total").await - base.0;
     let unknown = unknown_outcomes(gw).await - base.1;
     if let Some(p) = phases.last_mut() {
@@ -259,6 +262,21 @@ struct Row {
     max: Duration,
 }
 
+/// Names every duplicated event on stderr (phase first sent, copies, the event id the gateway logs), so a run's
+/// duplicates can be traced in the gateway log (`KEEP_WORK=1`, `RUST_LOG=info`).
+fn dump_duplicates(sent: &HashMap<Arc<str>, usize>, consumed: &HashMap<String, usize>) {
+    let mut dups: Vec<(usize, &str, usize)> = sent
+        .iter()
+        .filter_map(|(body, phase)| consumed.get(&**body).filter(|n| **n > 1).map(|n| (*phase, &**body, *n)))
+        .collect();
+    dups.sort_unstable();
+    for (phase, body, copies) in dups.iter().take(200) {
+        let id = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body.as_bytes()));
+        let tag: String = body.split(",\"pad\"").next().unwrap_or_default().chars().take(60).collect();
+        eprintln!("faults: duplicate phase={phase} copies={copies} event_id={id} {tag}");
+    }
+}
+
 /// Prints the summary table (markdown); returns whether the oracle held.
 fn report(load: &Load, phases: &[Phase], consumed: &HashMap<String, usize>) -> bool {
     let answers = load.answers.lock().map(|mut a| std::mem::take(&mut *a)).unwrap_or_default();
@@ -292,6 +310,7 @@ fn report(load: &Load, phases: &[Phase], consumed: &HashMap<String, usize>) -> b
         r.duplicates += consumed.get(&**body).map_or(0, |n| n.saturating_sub(1));
     }
     let unexpected = consumed.keys().filter(|b| !sent.contains_key(b.as_str())).count();
+    dump_duplicates(&sent, consumed);
     println!("\n| fault | requests | events answered 200 | 200 Duplicate | other answers | no answer | late (≥ 10 s) | max latency | lost | duplicates (bound) | spooled | notes |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut ok = unexpected == 0;

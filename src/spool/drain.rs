@@ -96,9 +96,25 @@ impl Drainer {
                 }
             };
             tokio::select! {
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => break,
                 () = self.spool.inner.arrived.notified() => {}
                 () = tokio::time::sleep(pause) => {}
+            }
+        }
+        self.persist_cursors().await;
+    }
+
+    /// At a graceful stop: writes both cursors where the drain stands, so the restart republishes none of the
+    /// records confirmed since the last periodic write (up to [`super::CURSOR_EVERY`] − 1 of them otherwise).
+    async fn persist_cursors(&self) {
+        for (spool, name) in [(&self.spool, "spool"), (&self.parked, "parked spool")] {
+            let s = spool.clone();
+            match tokio::task::spawn_blocking(move || persist_cursor(&s)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, spool = name, "cursor not written at stop; a restart may republish confirmed records")
+                }
+                Err(_) => tracing::warn!(spool = name, "cursor task failed at stop"),
             }
         }
     }
@@ -188,4 +204,23 @@ async fn advance(spool: &Spool, seq: u64) -> Step {
         Ok(Err(e)) => Step::Failed(e.to_string()),
         Err(_) => Step::Failed("spool cursor task failed".into()),
     }
+}
+
+/// Writes `spool`'s cursor at the first undrained record now, unless it is already there. Blocking (fsync, rename).
+fn persist_cursor(spool: &Spool) -> Result<(), SpoolError> {
+    let inner = &spool.inner;
+    let _cursor = inner.cursor.lock().unwrap_or_else(|e| e.into_inner());
+    let next = {
+        let mut st = inner.state();
+        if st.drained_since_cursor == 0 {
+            return Ok(());
+        }
+        st.drained_since_cursor = 0;
+        st.queue.front().map_or(st.next_seq, |l| l.seq)
+    };
+    if let Err(e) = super::segment::write_cursor(&inner.dir, next) {
+        inner.state().drained_since_cursor = super::CURSOR_EVERY;
+        return Err(e.into());
+    }
+    Ok(())
 }

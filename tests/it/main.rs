@@ -21,4 +21,5 @@ mod ratelimit;
 mod reload;
 mod shared;
 mod spool;
+mod spool_drain;
 mod unroutable;
