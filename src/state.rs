@@ -10,17 +10,28 @@
 //!   (`docs/benchmarks.md`: under 100 bytes per event with its order row); a collision of two ids (about 2^-64
 //!   for 2^32 ids) would answer the second `Duplicate`.
 //! - Tables: `dedup_v2` (digest → expiry, ms since the epoch) and `order_v2` (digest → (max time ms, max rank,
-//!   expiry ms)). No expiry index for them: [`State::purge`] scans both tables in a read transaction (which
-//!   never blocks the writer) and removes, in one commit, the rows still expired. The string-keyed tables of
-//!   earlier versions (`dedup`, `order`) are converted once at open.
+//!   expiry ms)). No expiry index for them: [`State::purge`] sweeps one of [`sweep::SLICES`] slices of the
+//!   digest space per call (digests are uniform, so each slice holds about the same share of the rows) in a
+//!   read transaction, which never blocks the writer, and removes the rows still expired in commits of at most
+//!   [`sweep::REMOVE_CHUNK`] rows. A purge reads a bounded share of the index however large it is, and no
+//!   commit rewrites most of the tree (which would leave as many pages free and the file twice as large); a
+//!   row may outlive its expiry by one sweep (lookups compare the expiry, so it is never answered from).
+//!   The string-keyed tables of earlier versions (`dedup`, `order`) are converted once at open.
 //! - `poll_jobs` (`<poller>\u{1f}<token>` → (expiry ms, the job record: JSON, see `poll/job.rs`)) keeps string
 //!   keys (listed by prefix) and its entries in `expiry` ((expiry ms, `p` + key) → ()), which the purge walks.
 //! - No tokio worker touches the file: writes go to the writer thread over a bounded channel, and the request
 //!   path reads through [`State::lookup_done`] / [`State::lookup_order`] (`spawn_blocking`). redb takes no lock
 //!   a reader needs while a commit fsyncs.
 //! - redb's page cache is bounded by `storage.cache_bytes`.
+//!
+//! Layout: [`sweep`] is the purge.
+
+mod sweep;
+#[cfg(test)]
+mod tests;
 
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
@@ -38,8 +49,8 @@ const EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("expiry");
 const POLL_JOBS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("poll_jobs");
 /// Writes queued for the writer before senders wait (backpressure, bounded memory).
 const QUEUE: usize = 4096;
-/// Most writes in one commit.
-const BATCH: usize = 512;
+/// Most writes in one commit (each delivery's record is one write: a commit holds at most this many records).
+pub const BATCH: usize = 512;
 /// redb's page cache when nothing is configured (`storage.cache_bytes`).
 pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
@@ -69,9 +80,8 @@ pub enum Op {
     Order { key: String, time_ms: i64, rank: u8, expires_ms: u64 },
     /// A polling job's record, kept until `expires_ms` (a later write of the same key replaces it).
     PollJob { key: String, record: Vec<u8>, expires_ms: u64 },
-    /// Drops every entry that expired before `now_ms` (scanning inside the commit).
-    Purge { now_ms: u64 },
-    /// Drops the listed rows that are still expired at `now_ms` (found by [`State::purge`]'s scan).
+    /// Drops the listed rows that are still expired at `now_ms` (found by [`State::purge`]'s sweep), and the
+    /// polling jobs due.
     Remove { now_ms: u64, dedup: Vec<Digest>, order: Vec<Digest> },
 }
 
@@ -85,6 +95,8 @@ struct Job {
 pub struct State {
     db: Arc<Database>,
     tx: mpsc::Sender<Job>,
+    /// The slice the next purge sweeps.
+    next_slice: Arc<AtomicUsize>,
 }
 
 impl State {
@@ -117,7 +129,7 @@ impl State {
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_db = db.clone();
         std::thread::Builder::new().name("hookgate-state".into()).spawn(move || writer(&writer_db, rx)).map_err(err)?;
-        Ok(State { db, tx })
+        Ok(State { db, tx, next_slice: Arc::default() })
     }
 
     /// Applies `ops` durably; returns after the fsync of the commit that holds them.
@@ -138,27 +150,6 @@ impl State {
     /// Queues `ops` without waiting (advisory state, e.g. order maxima); dropped when the queue is full.
     pub fn write_later(&self, ops: Vec<Op>) {
         let _ = self.tx.try_send(Job { ops, done: None });
-    }
-
-    /// Drops the entries that expired before `now_ms`: the scan runs in a read transaction off the runtime (the
-    /// writer keeps committing meanwhile), then one commit removes the rows found, if still expired.
-    ///
-    /// # Errors
-    /// The scan or the commit failed.
-    pub async fn purge(&self, now_ms: u64) -> Result<(), StateError> {
-        let this = self.clone();
-        let (dedup, order) = tokio::task::spawn_blocking(move || this.expired(now_ms)).await.map_err(err)??;
-        if dedup.is_empty() && order.is_empty() {
-            return Ok(());
-        }
-        self.write(vec![Op::Remove { now_ms, dedup, order }]).await
-    }
-
-    fn expired(&self, now_ms: u64) -> Result<(Vec<Digest>, Vec<Digest>), StateError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let dedup = txn.open_table(DEDUP).map_err(err)?;
-        let order = txn.open_table(ORDER).map_err(err)?;
-        Ok((expired_dedup(&dedup, now_ms)?, expired_order(&order, now_ms)?))
     }
 
     /// [`State::done_until`] off the runtime: a read that misses redb's cache goes to the disk.
@@ -226,28 +217,6 @@ impl State {
         }
         Ok(out)
     }
-}
-
-fn expired_dedup(table: &impl ReadableTable<Digest, u64>, now_ms: u64) -> Result<Vec<Digest>, StateError> {
-    let mut out = Vec::new();
-    for entry in table.iter().map_err(err)? {
-        let (k, v) = entry.map_err(err)?;
-        if v.value() <= now_ms {
-            out.push(k.value());
-        }
-    }
-    Ok(out)
-}
-
-fn expired_order(table: &impl ReadableTable<Digest, (i64, u8, u64)>, now_ms: u64) -> Result<Vec<Digest>, StateError> {
-    let mut out = Vec::new();
-    for entry in table.iter().map_err(err)? {
-        let (k, v) = entry.map_err(err)?;
-        if v.value().2 <= now_ms {
-            out.push(k.value());
-        }
-    }
-    Ok(out)
 }
 
 /// Opens the file; a database still held by a writer thread that is stopping is waited for briefly.
@@ -355,14 +324,9 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
                     jobs.insert(key.as_str(), (*expires_ms, record.as_slice())).map_err(err)?;
                     expiry.insert((*expires_ms, format!("p{key}").as_str()), ()).map_err(err)?;
                 }
-                Op::Purge { now_ms } => {
-                    let (d, o) = (expired_dedup(&dedup, *now_ms)?, expired_order(&order, *now_ms)?);
-                    remove(&mut dedup, &mut order, *now_ms, &d, &o)?;
-                    purge_jobs(&mut jobs, &mut expiry, *now_ms)?;
-                }
                 Op::Remove { now_ms, dedup: d, order: o } => {
-                    remove(&mut dedup, &mut order, *now_ms, d, o)?;
-                    purge_jobs(&mut jobs, &mut expiry, *now_ms)?;
+                    sweep::remove(&mut dedup, &mut order, *now_ms, d, o)?;
+                    sweep::purge_jobs(&mut jobs, &mut expiry, *now_ms)?;
                 }
             }
         }
@@ -371,51 +335,6 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
 }
 
 type Table<'t, K, V> = redb::Table<'t, K, V>;
-
-/// Removes the listed rows that are still expired (a later write may have extended one since the scan).
-fn remove(
-    dedup: &mut Table<Digest, u64>,
-    order: &mut Table<Digest, (i64, u8, u64)>,
-    now_ms: u64,
-    d: &[Digest],
-    o: &[Digest],
-) -> Result<(), StateError> {
-    for k in d {
-        if dedup.get(k).map_err(err)?.is_some_and(|v| v.value() <= now_ms) {
-            dedup.remove(k).map_err(err)?;
-        }
-    }
-    for k in o {
-        if order.get(k).map_err(err)?.is_some_and(|v| v.value().2 <= now_ms) {
-            order.remove(k).map_err(err)?;
-        }
-    }
-    Ok(())
-}
-
-/// Drops the polling jobs whose last write expired (and every due `expiry` entry, including those of the
-/// string-keyed tables of earlier versions).
-fn purge_jobs(
-    jobs: &mut Table<&str, (u64, &[u8])>,
-    expiry: &mut Table<(u64, &str), ()>,
-    now_ms: u64,
-) -> Result<(), StateError> {
-    let mut due = Vec::new();
-    for entry in expiry.range((0, "")..(now_ms, "")).map_err(err)? {
-        let (k, _) = entry.map_err(err)?;
-        let (at, tagged) = k.value();
-        due.push((at, tagged.to_string()));
-    }
-    for (at, tagged) in due {
-        expiry.remove((at, tagged.as_str())).map_err(err)?;
-        let key = tagged.get(1..).unwrap_or_default();
-        // A later write may have extended the job: only remove what really expired.
-        if tagged.starts_with('p') && jobs.get(key).map_err(err)?.is_some_and(|v| v.value().0 <= now_ms) {
-            jobs.remove(key).map_err(err)?;
-        }
-    }
-    Ok(())
-}
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
@@ -431,83 +350,4 @@ pub fn rows(state: &State) -> Result<(u64, u64), StateError> {
     let d = txn.open_table(DEDUP).map_err(err)?.len().map_err(err)?;
     let o = txn.open_table(ORDER).map_err(err)?.len().map_err(err)?;
     Ok((d, o))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn writes_are_read_back_and_purged() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = State::open(dir.path()).unwrap();
-        let now = now_ms();
-        s.write(vec![
-            Op::Done { key: "a\u{1f}1".into(), expires_ms: now + 60_000 },
-            Op::Done { key: "a\u{1f}2".into(), expires_ms: now - 1 },
-            Op::Order { key: "a\u{1f}tx".into(), time_ms: 5, rank: 2, expires_ms: now - 1 },
-        ])
-        .await
-        .unwrap();
-        assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(now + 60_000));
-        assert_eq!(s.order_of("a\u{1f}tx").unwrap(), Some((5, 2, now - 1)));
-        s.write(vec![Op::Purge { now_ms: now }]).await.unwrap();
-        assert_eq!(s.done_until("a\u{1f}2").unwrap(), None);
-        assert_eq!(s.order_of("a\u{1f}tx").unwrap(), None);
-        assert!(s.done_until("a\u{1f}1").unwrap().is_some());
-    }
-
-    #[tokio::test]
-    async fn poll_jobs_are_listed_by_poller_and_purged_after_their_last_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = State::open(dir.path()).unwrap();
-        let now = now_ms();
-        let job =
-            |key: &str, record: &[u8], expires_ms| Op::PollJob { key: key.into(), record: record.to_vec(), expires_ms };
-        s.write(vec![
-            job("p\u{1f}t1", b"one", now - 1),
-            job("p\u{1f}t2", b"two", now + 60_000),
-            job("q\u{1f}t", b"q", now - 5),
-        ])
-        .await
-        .unwrap();
-        // Written again with a later expiry: the old index entry must not purge it.
-        s.write(vec![job("p\u{1f}t1", b"one again", now + 60_000)]).await.unwrap();
-        s.write(vec![Op::Purge { now_ms: now }]).await.unwrap();
-        let listed = s.poll_jobs("p\u{1f}").unwrap();
-        assert_eq!(listed, vec![("p\u{1f}t1".into(), b"one again".to_vec()), ("p\u{1f}t2".into(), b"two".to_vec())]);
-        assert_eq!(s.poll_job("q\u{1f}t").unwrap(), None);
-    }
-
-    #[tokio::test]
-    async fn the_scanning_purge_keeps_what_a_later_write_extended() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = State::open(dir.path()).unwrap();
-        let now = now_ms();
-        let ops = (0..1000).map(|i| Op::Done { key: format!("a\u{1f}{i}"), expires_ms: now - 1 + (i % 2) * 60_000 });
-        s.write(ops.collect()).await.unwrap();
-        s.purge(now).await.unwrap();
-        assert_eq!(rows(&s).unwrap(), (500, 0));
-        assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(now + 59_999));
-        assert_eq!(s.done_until("a\u{1f}0").unwrap(), None);
-    }
-
-    #[test]
-    fn string_keyed_tables_of_an_earlier_version_are_converted_at_open() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let db = Database::create(dir.path().join("state.redb")).unwrap();
-            let txn = db.begin_write().unwrap();
-            txn.open_table(OLD_DEDUP).unwrap().insert("a\u{1f}1", 77u64).unwrap();
-            txn.open_table(OLD_ORDER).unwrap().insert("a\u{1f}tx", (5i64, 2u8, 88u64)).unwrap();
-            txn.open_table(EXPIRY).unwrap().insert((77u64, "da\u{1f}1"), ()).unwrap();
-            txn.commit().unwrap();
-        }
-        let s = State::open(dir.path()).unwrap();
-        assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(77));
-        assert_eq!(s.order_of("a\u{1f}tx").unwrap(), Some((5, 2, 88)));
-        let txn = s.db.begin_read().unwrap();
-        let names: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_string()).collect();
-        assert!(!names.iter().any(|n| n == "dedup" || n == "order"), "{names:?}");
-    }
 }

@@ -1,0 +1,154 @@
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::*;
+use crate::dedup::{Claim, Dedup};
+
+const OLD_DEDUP: TableDefinition<&str, u64> = TableDefinition::new("dedup");
+const OLD_ORDER: TableDefinition<&str, (i64, u8, u64)> = TableDefinition::new("order");
+
+#[tokio::test]
+async fn writes_are_read_back_and_purged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path()).unwrap();
+    let now = now_ms();
+    s.write(vec![
+        Op::Done { key: "a\u{1f}1".into(), expires_ms: now + 60_000 },
+        Op::Done { key: "a\u{1f}2".into(), expires_ms: now - 1 },
+        Op::Order { key: "a\u{1f}tx".into(), time_ms: 5, rank: 2, expires_ms: now - 1 },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(now + 60_000));
+    assert_eq!(s.order_of("a\u{1f}tx").unwrap(), Some((5, 2, now - 1)));
+    s.purge_all(now).await.unwrap();
+    assert_eq!(s.done_until("a\u{1f}2").unwrap(), None);
+    assert_eq!(s.order_of("a\u{1f}tx").unwrap(), None);
+    assert!(s.done_until("a\u{1f}1").unwrap().is_some());
+}
+
+#[tokio::test]
+async fn poll_jobs_are_listed_by_poller_and_purged_after_their_last_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path()).unwrap();
+    let now = now_ms();
+    let job =
+        |key: &str, record: &[u8], expires_ms| Op::PollJob { key: key.into(), record: record.to_vec(), expires_ms };
+    s.write(vec![
+        job("p\u{1f}t1", b"one", now - 1),
+        job("p\u{1f}t2", b"two", now + 60_000),
+        job("q\u{1f}t", b"q", now - 5),
+    ])
+    .await
+    .unwrap();
+    // Written again with a later expiry: the old index entry must not purge it.
+    s.write(vec![job("p\u{1f}t1", b"one again", now + 60_000)]).await.unwrap();
+    // One purge call (one slice of the index, nothing expired in it) still purges the polling jobs.
+    s.purge(now).await.unwrap();
+    let listed = s.poll_jobs("p\u{1f}").unwrap();
+    assert_eq!(listed, vec![("p\u{1f}t1".into(), b"one again".to_vec()), ("p\u{1f}t2".into(), b"two".to_vec())]);
+    assert_eq!(s.poll_job("q\u{1f}t").unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_sweeping_purge_keeps_what_a_later_write_extended() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path()).unwrap();
+    let now = now_ms();
+    let ops = (0..1000).map(|i| Op::Done { key: format!("a\u{1f}{i}"), expires_ms: now - 1 + (i % 2) * 60_000 });
+    s.write(ops.collect()).await.unwrap();
+    s.purge_all(now).await.unwrap();
+    assert_eq!(rows(&s).unwrap(), (500, 0));
+    assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(now + 59_999));
+    assert_eq!(s.done_until("a\u{1f}0").unwrap(), None);
+}
+
+#[tokio::test]
+async fn each_purge_sweeps_one_slice_and_a_round_sweeps_them_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path()).unwrap();
+    let now = now_ms();
+    // More expired rows than one removal commit holds, in both tables.
+    let n = 40 * sweep::REMOVE_CHUNK as u64;
+    let done = (0..n).map(|i| Op::Done { key: format!("a\u{1f}{i}"), expires_ms: now - 1 });
+    let order = (0..n / 4).map(|i| Op::Order { key: format!("a\u{1f}s{i}"), time_ms: 1, rank: 0, expires_ms: now - 1 });
+    s.write(done.chain(order).collect()).await.unwrap();
+    s.purge(now).await.unwrap();
+    let (d, o) = rows(&s).unwrap();
+    // Slice 0 of 32 holds about 1/32 of the (uniform) digests: 5,120 dedup rows give or take a few hundred.
+    let swept = n - d;
+    assert!((4_500..5_800).contains(&swept), "one slice removed {swept} of {n}");
+    assert!((n / 4 - o) > 900 && (n / 4 - o) < 1_700, "order rows removed: {}", n / 4 - o);
+    for _ in 1..sweep::SLICES {
+        s.purge(now).await.unwrap();
+    }
+    assert_eq!(rows(&s).unwrap(), (0, 0), "a round of purges covers the whole digest space");
+}
+
+#[test]
+fn the_slices_cover_the_digest_space_once() {
+    let mut covered = [0u32; 256];
+    for slice in 0..sweep::SLICES {
+        for b in 0..=255u8 {
+            let mut d = [0u8; 16];
+            d[0] = b;
+            d[15] = 0xff;
+            if std::ops::RangeBounds::contains(&sweep::bounds(slice), &d) {
+                covered[usize::from(b)] += 1;
+            }
+        }
+    }
+    assert!(covered.iter().all(|c| *c == 1), "{covered:?}");
+}
+
+#[test]
+fn string_keyed_tables_of_an_earlier_version_are_converted_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    write_string_tables(dir.path(), "a\u{1f}1", 77);
+    let s = State::open(dir.path()).unwrap();
+    assert_eq!(s.done_until("a\u{1f}1").unwrap(), Some(77));
+    assert_eq!(s.order_of("a\u{1f}tx").unwrap(), Some((5, 2, 88)));
+    let txn = s.db.begin_read().unwrap();
+    let names: Vec<String> = txn.list_tables().unwrap().map(|t| t.name().to_string()).collect();
+    assert!(!names.iter().any(|n| n == "dedup" || n == "order"), "{names:?}");
+}
+
+/// A file as the first versions wrote it: string keys, and their entries in `expiry`.
+fn write_string_tables(dir: &Path, key: &str, expires_ms: u64) {
+    let db = Database::create(dir.join("state.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(OLD_DEDUP).unwrap().insert(key, expires_ms).unwrap();
+    txn.open_table(OLD_ORDER).unwrap().insert("a\u{1f}tx", (5i64, 2u8, 88u64)).unwrap();
+    txn.open_table(EXPIRY).unwrap().insert((expires_ms, format!("d{key}").as_str()), ()).unwrap();
+    txn.commit().unwrap();
+}
+
+const TTL: Duration = Duration::from_secs(10);
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(5)
+}
+
+/// The dedup promise over this file: a retry inside the window is answered `Duplicate` after a restart (with
+/// purges in between, which must keep what is inside its window) and after the conversion of a file of the
+/// first versions; a new id is admitted.
+#[tokio::test]
+async fn a_retry_inside_the_window_is_a_duplicate_after_restart_purge_and_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    write_string_tables(dir.path(), &crate::dedup::key("card", "old-1"), now_ms() + 3_600_000);
+    {
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        let Claim::New(g) = d.claim("card", "new-1", TTL, far()).await else { panic!("first claim") };
+        g.complete(Duration::from_secs(3600), drop).await;
+        d.flush().await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = State::open(dir.path()).unwrap();
+    s.purge_all(now_ms()).await.unwrap();
+    let d = Dedup::new(s, None);
+    for id in ["new-1", "old-1"] {
+        assert!(matches!(d.claim("card", id, TTL, far()).await, Claim::Duplicate), "{id}");
+    }
+    assert!(matches!(d.claim("card", "new-2", TTL, far()).await, Claim::New(_)));
+}
