@@ -8,6 +8,11 @@
 //!   `storage.shared`), after the dedup claim, so a provider retry is never compared with itself.
 //! - The state is advisory: it is persisted in the next state commit (not awaited) and kept for the source's
 //!   `dedup_window`. A failed read counts the event as in order.
+//! - An event whose id is its subject (`prepaid-card`: `TransactionId` is both) keeps no state and is never
+//!   late: every other delivery for that subject has the same id, so it is a retry — a duplicate inside the
+//!   window (never compared), or after it a delivery of the same event (same time and rank: not late). This
+//!   saves a row per event in `state.redb` (and a Redis call with `storage.shared`). A source whose id fields
+//!   differ from its subject field but yield the same value for some events would not compare those.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -40,7 +45,7 @@ impl Order {
     /// Records `event` and answers whether it arrived after a later one for the same subject.
     pub async fn observe(&self, event: &Event, window: Duration) -> bool {
         let Some(subject) = &event.subject else { return false };
-        if event.time.is_none() && event.rank.is_none() {
+        if (event.time.is_none() && event.rank.is_none()) || *subject == event.id {
             return false;
         }
         let key = crate::dedup::key(&event.source, subject);
@@ -85,7 +90,40 @@ fn compare(current: Option<(i64, u8)>, time: i64, rank: u8) -> (bool, (i64, u8))
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    fn event(id: &str, subject: &str, time_ms: i64) -> Event {
+        Event {
+            source: Arc::from("s"),
+            id: id.into(),
+            kind: "k".into(),
+            subject: Some(subject.into()),
+            time: chrono::DateTime::from_timestamp_millis(time_ms),
+            rank: None,
+            received_at: chrono::Utc::now(),
+            content_type: "application/json".into(),
+            body: bytes::Bytes::new(),
+            out_of_order: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_id_is_its_subject_keeps_no_state_and_shared_subjects_are_compared() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let order = Order::new(state.clone(), None);
+        let window = Duration::from_secs(60);
+        assert!(!order.observe(&event("card-1", "card-1", 2_000), window).await);
+        assert!(!order.observe(&event("tx-1:settlement", "tx-1", 2_000), window).await);
+        assert!(order.observe(&event("tx-1:approved", "tx-1", 1_000), window).await, "earlier time, same subject");
+        // A write queued after the order writes is committed after them.
+        state.write(vec![]).await.unwrap();
+        assert_eq!(crate::state::rows(&state).unwrap(), (0, 1), "one order row, for the shared subject only");
+        assert_eq!(state.order_of(&crate::dedup::key("s", "tx-1")).unwrap().map(|(t, r, _)| (t, r)), Some((2_000, 0)));
+        assert_eq!(state.order_of(&crate::dedup::key("s", "card-1")).unwrap(), None);
+    }
 
     #[test]
     fn earlier_time_or_lower_rank_is_late() {
