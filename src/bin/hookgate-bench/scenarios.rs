@@ -308,15 +308,17 @@ async fn ratelimit(ctx: &mut Ctx) -> anyhow::Result<Row> {
 }
 
 /// Stores `n` distinct events in the index of `data_dir` before the gateway starts, through the gateway's own
-/// state code (the same records a delivery writes).
+/// state code: the records deliveries write (a `prepaid-card` event's id is its subject, so it writes no order
+/// row), in commits as large as the gateway's largest group commit (`state::BATCH` records; a larger commit
+/// frees more pages at once and leaves a larger file than the gateway ever would).
 async fn grow_index(data_dir: &Path, n: u64, run: u64) -> anyhow::Result<()> {
-    use hookgate::state::{now_ms, Op, State};
+    use hookgate::state::{now_ms, Op, State, BATCH};
     let state = State::open(data_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
     let expires_ms = now_ms() + 72 * 3_600_000;
     let mut i = 0u64;
     let started = Instant::now();
     while i < n {
-        let batch = (n - i).min(20_000);
+        let batch = (n - i).min(BATCH as u64);
         let ops = (i..i + batch)
             .map(|k| Op::Done {
                 key: hookgate::dedup::key("prepaid-card", &format!("{run:08x}-0000-4000-8000-{k:012x}")),
