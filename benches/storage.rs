@@ -3,6 +3,11 @@
 //! per append, and 32 concurrent appenders sharing fsyncs).
 //!
 //! Run: `cargo bench --bench storage` (prints a table; takes a few seconds).
+//!
+//! With `INDEX_EVENTS=N` it also grows the dedup index by N `prepaid-card` events through the gateway's state
+//! code, in commits of `state::BATCH` records, once with the rows a card event wrote before issue 14 (a dedup
+//! row and an order row) and once with what it writes now (the dedup row), and prints the bytes per event of
+//! `state.redb` (a minute or more per million events: every commit is fsynced).
 
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -128,8 +133,42 @@ async fn spool_appends(concurrency: usize) -> f64 {
     N as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Grows an index by `n` card events (with or without their order row); bytes of `state.redb` per event.
+async fn index_bytes(n: u64, order_rows: bool) -> (f64, f64) {
+    use hookgate::state::{now_ms, Op, State, BATCH};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = State::open(dir.path()).expect("state");
+    let expires_ms = now_ms() + 72 * 3_600_000;
+    let started = Instant::now();
+    let per_event = if order_rows { 2 } else { 1 };
+    let mut i = 0u64;
+    while i < n {
+        let mut ops = Vec::with_capacity(BATCH);
+        while ops.len() + per_event <= BATCH && i < n {
+            let key = hookgate::dedup::key("prepaid-card", &format!("00000000-0000-4000-8000-{i:012x}"));
+            if order_rows {
+                ops.push(Op::Order { key: key.clone(), time_ms: 1_700_000_000_000, rank: 0, expires_ms });
+            }
+            ops.push(Op::Done { key, expires_ms });
+            i += 1;
+        }
+        state.write(ops).await.expect("write");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(state);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let len = std::fs::metadata(dir.path().join("state.redb")).expect("state.redb").len();
+    (len as f64 / n as f64, secs)
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    if let Some(n) = std::env::var("INDEX_EVENTS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        for (label, order_rows) in [("dedup + order row (before)", true), ("dedup row (now)", false)] {
+            let (per_event, secs) = rt.block_on(index_bytes(n, order_rows));
+            println!("index of {n} card events, {label:<27} {per_event:>6.1} bytes/event ({secs:.0} s)");
+        }
+    }
     println!("{N} events of 1 KiB, durable (fsync) before each acknowledgement; events/s:");
     println!("redb, one commit per event          {:>10.0}", redb_commits(1));
     println!("redb, group commit of {CONCURRENCY}           {:>10.0}", redb_commits(CONCURRENCY));
