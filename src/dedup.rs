@@ -17,8 +17,13 @@
 //!   left by a crashed replica expires), and waiters on another replica poll it until it is done or gone.
 //! - After the window the record expires (purged periodically) and the id is admitted again.
 //!
-//! Layout: [`redis`] holds the shared claim; the local index lives in [`crate::state`].
+//! - The records committed most recently are also kept in memory ([`recent`], bounded): a retry of one is
+//!   answered without a read of `state.redb`. Only committed records enter, so answers are the same.
+//!
+//! Layout: [`redis`] holds the shared claim; [`recent`] the in-memory hit cache; the local index lives in
+//! [`crate::state`].
 
+pub mod recent;
 pub mod redis;
 
 use std::collections::HashMap;
@@ -29,6 +34,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use self::recent::{recent_key, Recent, RecentKey};
 use self::redis::{Shared, SharedClaim};
 use crate::state::{now_ms, Op, State};
 
@@ -59,6 +65,11 @@ struct Inner {
     /// Caps the done records queued at once: past it, a request waits for its own record (a disk that falls
     /// behind slows the answers rather than growing the queued records and in-flight ids without bound).
     pending: Arc<tokio::sync::Semaphore>,
+    /// Committed done records, most recent first (see [`recent`]).
+    recent: Recent,
+    /// Reads of `state.redb` by [`Dedup::claim`] (for the tests).
+    #[cfg(test)]
+    index_reads: std::sync::atomic::AtomicUsize,
 }
 
 /// Done records that may be queued (not yet committed) at once.
@@ -73,7 +84,16 @@ impl Dedup {
     pub fn new(state: State, shared: Option<Shared>) -> Self {
         let pending = Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_RECORDS));
         Dedup {
-            inner: Arc::new(Inner { flights: Mutex::default(), state, shared, writes: TaskTracker::new(), pending }),
+            inner: Arc::new(Inner {
+                flights: Mutex::default(),
+                state,
+                shared,
+                writes: TaskTracker::new(),
+                pending,
+                recent: Recent::default(),
+                #[cfg(test)]
+                index_reads: std::sync::atomic::AtomicUsize::new(0),
+            }),
         }
     }
 
@@ -84,6 +104,12 @@ impl Dedup {
     /// Claims `(source, id)`; waits (until `deadline`) while an identical delivery is in flight. `in_flight_ttl`
     /// bounds how long a shared claim outlives a crashed holder.
     pub async fn claim(&self, source: &str, id: &str, in_flight_ttl: Duration, deadline: Instant) -> Claim {
+        // A committed, unexpired record: a duplicate whatever is in flight (no holder of this id can be storing
+        // it: a claim that finds such a record is answered `Duplicate` and stores nothing).
+        let recent = recent_key(source, id);
+        if self.inner.recent.is_done(&recent, now_ms()) {
+            return Claim::Duplicate;
+        }
         let key = key(source, id);
         loop {
             let waiting = {
@@ -105,9 +131,14 @@ impl Dedup {
                 return Claim::Busy;
             }
         }
-        let mut guard = ClaimGuard { dedup: self.clone(), key: Some(key), token: None };
+        let mut guard = ClaimGuard { dedup: self.clone(), key: Some(key), recent, token: None };
+        #[cfg(test)]
+        self.inner.index_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.inner.state.lookup_done(guard.key()).await {
-            Ok(Some(until)) if until > now_ms() => return Claim::Duplicate,
+            Ok(Some(until)) if until > now_ms() => {
+                self.inner.recent.insert(recent, until);
+                return Claim::Duplicate;
+            }
             Ok(_) => {}
             Err(error) => {
                 tracing::error!(%error, "dedup index read failed");
@@ -148,6 +179,8 @@ impl Dedup {
 pub struct ClaimGuard {
     dedup: Dedup,
     key: Option<String>,
+    /// The digest under which [`recent`] keeps the record once committed.
+    recent: RecentKey,
     /// The shared claim's token, for a compare-and-delete release.
     token: Option<String>,
 }
@@ -169,7 +202,8 @@ impl ClaimGuard {
         let token = self.token.take();
         let dedup = self.dedup.clone();
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-        let op = Op::Done { key: key.clone(), expires_ms: now_ms().saturating_add(window_ms) };
+        let (recent, expires_ms) = (self.recent, now_ms().saturating_add(window_ms));
+        let op = Op::Done { key: key.clone(), expires_ms };
         self.dedup.inner.writes.spawn(async move {
             let local = dedup.inner.state.write(vec![op]);
             let shared = async {
@@ -186,6 +220,11 @@ impl ClaimGuard {
                 tracing::error!(%error, "shared dedup record not written; a retry on another replica may be published again");
             }
             drop(token);
+            // Committed: the next retry is answered from memory. Before the release, so a waiter woken by it
+            // finds the record there.
+            if local.is_ok() {
+                dedup.inner.recent.insert(recent, expires_ms);
+            }
             release_local(&dedup, &key);
             drop(permit);
             report(RecordFailures { local: local.is_err(), shared: shared.is_err() });
@@ -306,6 +345,49 @@ mod tests {
         let d = Dedup::new(State::open(dir.path()).unwrap(), None);
         assert!(matches!(d.claim("s", "last", TTL, far()).await, Claim::Duplicate), "flushed record survives");
         assert!(matches!(d.claim("s", "e7", TTL, far()).await, Claim::Duplicate));
+    }
+
+    fn index_reads(d: &Dedup) -> usize {
+        d.inner.index_reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn retries_of_committed_records_are_answered_without_reading_the_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        let Claim::New(g) = d.claim("s", "a", TTL, far()).await else { panic!("first claim") };
+        g.complete(Duration::from_millis(400), drop).await;
+        d.flush().await;
+        let reads = index_reads(&d);
+        for _ in 0..100 {
+            assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::Duplicate));
+        }
+        assert_eq!(index_reads(&d), reads, "a committed record is a hit in memory");
+        // Another source's id of the same value is not that record.
+        assert!(matches!(d.claim("other", "a", TTL, far()).await, Claim::New(_)));
+        // The window ends for the memory as for the file: the id is admitted again.
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::New(_)));
+        // After a restart the record is read from the file once, then answered from memory.
+        let Claim::New(g) = d.claim("s", "b", TTL, far()).await else { panic!("claim b") };
+        g.complete(Duration::from_secs(60), drop).await;
+        d.flush().await;
+        drop(d);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        assert!(matches!(d.claim("s", "b", TTL, far()).await, Claim::Duplicate));
+        assert!(matches!(d.claim("s", "b", TTL, far()).await, Claim::Duplicate));
+        assert_eq!(index_reads(&d), 1);
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_leaves_nothing_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Dedup::new(State::open(dir.path()).unwrap(), None);
+        let Claim::New(g) = d.claim("s", "a", TTL, far()).await else { panic!("first claim") };
+        drop(g);
+        assert_eq!(d.inner.recent.held(), 0);
+        assert!(matches!(d.claim("s", "a", TTL, far()).await, Claim::New(_)), "the retry is admitted");
     }
 
     #[tokio::test]
