@@ -193,6 +193,8 @@ async fn finish(mut row: Row, g: Gateway, drain: Drain, exchange: &str, tally: &
 /// Starts the scenario's gateway and binds the queue its delivery check drains.
 async fn up(ctx: &Ctx, setup: &Setup) -> anyhow::Result<(Gateway, Drain)> {
     let g = ctx.start(setup).await?;
+    // Ready means able to store (the spool counts): the exchange exists once the broker connection is up.
+    wait_metric(&g, "hookgate_broker_connected", 1.0, Duration::from_secs(30)).await?;
     let drain = Drain::bind(&ctx.args.amqp, &setup.exchange).await?;
     Ok((g, drain))
 }
