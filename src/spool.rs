@@ -108,8 +108,11 @@ struct Inner {
     poisoned: AtomicBool,
     /// Every record with a smaller seq is durable.
     synced: AtomicU64,
-    /// Wakes the drainer when records arrive.
+    /// Wakes the drainer when records arrive (once per group commit).
     pub(crate) arrived: Notify,
+    /// Segment writes and fsyncs of records so far (one of each per group commit).
+    writes: AtomicU64,
+    commits: AtomicU64,
 }
 
 struct State {
@@ -133,6 +136,16 @@ impl Spool {
     /// # Errors
     /// The directory cannot be created or read, or a record cannot be decrypted with `cipher`.
     pub fn open(dir: &Path, cipher: Option<Cipher>, max_bytes: u64) -> Result<(Spool, Recovery), SpoolError> {
+        Spool::open_sized(dir, cipher, max_bytes, SEGMENT_BYTES.min(max_bytes.max(4096)))
+    }
+
+    /// [`Spool::open`] with segments of at most `segment_bytes` (records permitting).
+    fn open_sized(
+        dir: &Path,
+        cipher: Option<Cipher>,
+        max_bytes: u64,
+        segment_bytes: u64,
+    ) -> Result<(Spool, Recovery), SpoolError> {
         crate::private_fs::create_dir(dir)?;
         let cursor = segment::read_cursor(dir);
         let mut report = Recovery::default();
@@ -156,7 +169,7 @@ impl Spool {
             dir: dir.to_path_buf(),
             cipher,
             max_bytes,
-            segment_bytes: SEGMENT_BYTES.min(max_bytes.max(4096)),
+            segment_bytes,
             state: Mutex::new(state),
             cursor: Mutex::new(()),
             records: AtomicUsize::new(records),
@@ -164,6 +177,8 @@ impl Spool {
             poisoned: AtomicBool::new(false),
             synced: AtomicU64::new(next_seq),
             arrived: Notify::new(),
+            writes: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
         });
         let appends = writer::start(inner.clone())?;
         Ok((Spool { inner, appends }, report))
@@ -206,9 +221,7 @@ impl Spool {
         let stopped = || SpoolError::Io(std::io::Error::other("spool writer stopped"));
         let (done, answer) = oneshot::channel();
         self.appends.send(writer::Job { plain: format::encode(event), done }).await.map_err(|_| stopped())?;
-        let seq = answer.await.map_err(|_| stopped())??;
-        self.inner.arrived.notify_one();
-        Ok(seq)
+        answer.await.map_err(|_| stopped())?
     }
 
     /// Makes every written record durable (off the runtime). A record written but not fsynced — the writer's

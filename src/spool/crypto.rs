@@ -6,14 +6,18 @@
 
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::aead::rand_core::RngCore;
+use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine;
 
 use crate::config::secret::{self, Env};
 use crate::config::{ConfigError, Storage};
 
-const NONCE_LEN: usize = 12;
+pub const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Bytes a sealed payload has beyond its plaintext: the nonce and the tag.
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
 /// The spool cipher. Its `Debug` never shows the key.
 #[derive(Clone)]
@@ -39,6 +43,37 @@ impl Cipher {
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
         Some(out)
+    }
+
+    /// Appends nonce | ciphertext+tag of `plaintext` to `out` (the same bytes as [`Cipher::seal`], sealed in
+    /// place in the writer's batch buffer). `nonce` must be fresh random bytes ([`Cipher::fill_nonces`]).
+    /// `None` (and `out` unchanged) only if the AEAD refuses.
+    pub fn seal_into(&self, seq: u64, nonce: &[u8], plaintext: &[u8], out: &mut Vec<u8>) -> Option<()> {
+        let nonce = nonce.get(..NONCE_LEN)?;
+        let start = out.len();
+        out.extend_from_slice(nonce);
+        out.extend_from_slice(plaintext);
+        let sealed = self.0.encrypt_in_place_detached(
+            Nonce::from_slice(nonce),
+            &seq.to_le_bytes(),
+            &mut out[start + NONCE_LEN..],
+        );
+        match sealed {
+            Ok(tag) => {
+                out.extend_from_slice(&tag);
+                Some(())
+            }
+            Err(_) => {
+                out.truncate(start);
+                None
+            }
+        }
+    }
+
+    /// Fills `nonces` with random bytes from the OS (one call for a whole batch of records). `None` when the OS
+    /// generator fails.
+    pub fn fill_nonces(nonces: &mut [u8]) -> Option<()> {
+        OsRng.try_fill_bytes(nonces).ok()
     }
 
     /// The plaintext, or `None` when the key is wrong or the record was altered.
@@ -106,6 +141,13 @@ mod tests {
         assert_eq!(c.open(9, &sealed).unwrap(), b"PATIENT-123");
         assert!(c.open(10, &sealed).is_none(), "seq is bound as associated data");
         assert!(Cipher::new(&[8u8; 32]).open(9, &sealed).is_none());
+        let mut nonces = [0u8; 2 * NONCE_LEN];
+        Cipher::fill_nonces(&mut nonces).unwrap();
+        assert_ne!(nonces[..NONCE_LEN], nonces[NONCE_LEN..], "fresh random nonces");
+        let mut out = b"head".to_vec();
+        c.seal_into(9, &nonces[..NONCE_LEN], b"PATIENT-123", &mut out).unwrap();
+        assert_eq!(out.len(), 4 + SEAL_OVERHEAD + 11);
+        assert_eq!(c.open(9, &out[4..]).unwrap(), b"PATIENT-123", "readable as a sealed payload");
     }
 
     #[test]

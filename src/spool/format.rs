@@ -51,16 +51,36 @@ pub fn parse_header(bytes: &[u8]) -> Option<bool> {
 
 /// Frames `payload` as record `seq`.
 pub fn frame(seq: u64, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(payload.len() + 8).unwrap_or(u32::MAX);
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&seq.to_le_bytes());
-    crc.update(payload);
     let mut out = Vec::with_capacity(payload.len() + FRAME_LEN as usize);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(&seq.to_le_bytes());
-    out.extend_from_slice(payload);
+    frame_into(&mut out, seq, |out| {
+        out.extend_from_slice(payload);
+        Some(())
+    });
     out
+}
+
+/// Appends record `seq` to `out`, its payload written by `payload` (the writer frames a whole batch into one
+/// buffer, sealing in place). When `payload` fails, `out` is left as it was and `None` returned.
+pub fn frame_into(out: &mut Vec<u8>, seq: u64, payload: impl FnOnce(&mut Vec<u8>) -> Option<()>) -> Option<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; 8]);
+    out.extend_from_slice(&seq.to_le_bytes());
+    if payload(out).is_none() {
+        out.truncate(start);
+        return None;
+    }
+    let body = &out[start + 8..];
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let crc = crc32fast::hash(body);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    Some(())
+}
+
+/// The length on disk of a record holding `plain` bytes of event (sealed: nonce and tag added).
+pub fn record_len(plain: usize, encrypted: bool) -> u64 {
+    let seal = if encrypted { super::crypto::SEAL_OVERHEAD } else { 0 };
+    FRAME_LEN + (plain + seal) as u64
 }
 
 /// A well-formed record at the start of `bytes`: its seq, payload and total length. `None` when the bytes are
@@ -216,6 +236,10 @@ mod tests {
     fn frames_detect_torn_and_flipped_bytes() {
         let f = frame(42, b"payload");
         assert_eq!(unframe(&f), Some((42, &b"payload"[..], f.len())));
+        assert_eq!(f.len() as u64, record_len(7, false));
+        let mut batch = b"kept".to_vec();
+        assert_eq!(frame_into(&mut batch, 7, |_| None), None);
+        assert_eq!(batch, b"kept", "a failed payload leaves the buffer as it was");
         assert_eq!(unframe(&f[..f.len() - 1]), None);
         let mut bad = f.clone();
         bad[20] ^= 1;

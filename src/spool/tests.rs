@@ -135,6 +135,75 @@ async fn concurrent_appends_share_fsyncs_and_keep_every_record() {
     assert_eq!(seen.len(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_waiting_together_share_one_write_and_one_fsync_and_each_is_answered_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(dir.path(), cipher(), 1 << 24).unwrap();
+    spool.append(&event(1000)).await.unwrap(); // the segment exists: its creation is not counted below
+    let (writes, commits) = (spool.inner.writes.load(Ordering::Relaxed), spool.inner.commits.load(Ordering::Relaxed));
+    // The writer is held (as by a slow disk) while 200 appends queue behind it.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let holder = {
+        let s = spool.clone();
+        let (locked, wait) = std::sync::mpsc::channel();
+        let h = std::thread::spawn(move || {
+            let _st = s.state();
+            locked.send(()).unwrap();
+            held.recv().unwrap();
+        });
+        wait.recv().unwrap();
+        h
+    };
+    let appends = (0..200).map(|n| {
+        let s = spool.clone();
+        async move {
+            let seq = s.append(&event(n)).await.unwrap();
+            // Answered only once its record is durable: every seq below `synced` is fsynced.
+            assert!(s.inner.synced.load(Ordering::Acquire) > seq, "record {seq} answered before its fsync");
+            seq
+        }
+    });
+    let mut all = Box::pin(futures_util::future::join_all(appends));
+    // One poll sends all 200 (the queue has room); none can be answered while the writer is held.
+    assert!(tokio::time::timeout(std::time::Duration::from_millis(200), &mut all).await.is_err());
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let mut seqs = all.await;
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=200).collect::<Vec<u64>>());
+    // At most two batches: what the writer took before it was held, and everything queued behind it.
+    let writes = spool.inner.writes.load(Ordering::Relaxed) - writes;
+    let commits = spool.inner.commits.load(Ordering::Relaxed) - commits;
+    assert!(writes <= 2 && commits <= 2, "200 appends took {writes} writes and {commits} fsyncs");
+    drop(spool);
+    let (spool, report) = Spool::open(dir.path(), cipher(), 1 << 24).unwrap();
+    assert_eq!(report, Recovery::default());
+    let mut ids = drain_all(&spool);
+    ids.sort();
+    let mut want: Vec<String> = (0..200).chain([1000]).map(|n| event(n).id).collect();
+    want.sort();
+    assert_eq!(ids, want);
+}
+
+#[tokio::test]
+async fn a_batch_crossing_a_segment_boundary_keeps_every_record_and_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // 4,096-byte segments: a batch of 60 records (about 190 bytes each) spans three of them; 8,000 bytes in all.
+    let (spool, _) = Spool::open_sized(dir.path(), cipher(), 8000, 4096).unwrap();
+    let plains: Vec<Vec<u8>> = (0..60).map(|n| format::encode(&event(n))).collect();
+    let refs: Vec<&[u8]> = plains.iter().map(Vec::as_slice).collect();
+    let written = spool.inner.write_batch(&refs, &mut Vec::new());
+    spool.inner.sync_written().unwrap();
+    let ok = written.iter().filter(|r| r.is_ok()).count();
+    assert!(ok > 10 && written[ok..].iter().all(|r| matches!(r, Err(SpoolError::Full))), "{written:?}");
+    assert_eq!(segment::list(dir.path()).unwrap().len(), 2, "the batch rotated segments");
+    drop(spool);
+    let (spool, report) = Spool::open(dir.path(), cipher(), 8000).unwrap();
+    assert_eq!(report, Recovery::default());
+    let want: Vec<String> = (0..ok as u32).map(|n| event(n).id).collect();
+    assert_eq!(drain_all(&spool), want);
+}
+
 #[tokio::test]
 async fn an_unwritable_directory_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,7 +236,8 @@ async fn a_segment_left_empty_by_a_crash_does_not_block_appends() {
 async fn a_record_whose_append_was_cancelled_before_its_fsync_is_flushed_by_the_drainer() {
     let dir = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(dir.path(), None, 1 << 20).unwrap();
-    spool.inner.write(&format::encode(&event(1))).unwrap(); // written, not yet fsynced
+    let written = spool.inner.write_batch(&[&format::encode(&event(1))], &mut Vec::new()); // not yet fsynced
+    assert!(matches!(written[..], [Ok(0)]));
     assert!(spool.front().unwrap().is_none() && !spool.is_empty());
     spool.flush().await.unwrap();
     assert_eq!(drain_all(&spool), ["tx1:payment.approved"]);
