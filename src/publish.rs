@@ -186,9 +186,51 @@ impl Publisher {
             self.shared.unrouted.note(&event.id, &event.source);
         }
         let started = Instant::now();
-        let result =
-            ch.publish(&self.shared.settings.exchange, routing_key, &event.body, props, &event.id, deadline).await;
-        let outcome = match &result {
+        let message = (routing_key, &event.body[..], props);
+        let result = ch.publish(&self.shared.settings.exchange, message, &event.id, deadline).await;
+        self.account(&pool, &result, started);
+        result
+    }
+
+    /// Sends `event` and returns once it is on the wire, without waiting for its confirm ([`Sent::confirmed`]
+    /// does). Every send goes on the pool's first channel, so a caller's sends reach the broker in the order it
+    /// made them (the drainer's window). Refused at once, like [`Publisher::publish`], while the connection is
+    /// down or blocked.
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`], for the part before the confirm.
+    pub async fn send(&self, event: &Event, deadline: Instant) -> Result<Sent, PublishError> {
+        let pool = self.pool().ok_or(PublishError::NotConnected)?;
+        if pool.blocked() {
+            return Err(PublishError::Blocked);
+        }
+        let (routing_key, props) = amqp_message(event)?;
+        let ch = pool.channels.first().ok_or(PublishError::NotConnected)?;
+        let deadline = deadline.min(Instant::now() + self.shared.settings.publish_timeout);
+        self.shared.unrouted.note(&event.id, &event.source);
+        let started = Instant::now();
+        let message = (routing_key, &event.body[..], props);
+        match ch.send(&self.shared.settings.exchange, message, deadline).await {
+            Ok((seq, confirm)) => Ok(Sent {
+                publisher: self.clone(),
+                pool,
+                seq,
+                confirm: Some(confirm),
+                id: event.id.clone(),
+                deadline,
+                started,
+                counted: false,
+            }),
+            Err(e) => {
+                self.account(&pool, &Err(e.clone()), started);
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a publish's outcome; a channel error asks the supervisor to rebuild.
+    fn account(&self, pool: &supervisor::Pool, result: &Result<(), PublishError>, started: Instant) {
+        let outcome = match result {
             Ok(()) => "ack",
             Err(PublishError::Nack) => "nack",
             Err(PublishError::Returned) => "returned",
@@ -202,7 +244,47 @@ impl Publisher {
         if matches!(result, Err(PublishError::Channel(_))) {
             pool.mark_broken();
         }
+    }
+}
+
+/// A message [`Publisher::send`] put on the wire, its confirm not yet awaited. Dropped without
+/// [`Sent::confirmed`] (the drainer gives up on the rest of a window after a failure, or stops), it is counted
+/// as `hookgate_amqp_publishes_total{outcome="timeout"}`: the broker may have it, so it may be published twice.
+pub struct Sent {
+    publisher: Publisher,
+    pool: Arc<supervisor::Pool>,
+    seq: u64,
+    confirm: Option<lapin::PublisherConfirm>,
+    id: String,
+    deadline: Instant,
+    started: Instant,
+    counted: bool,
+}
+
+impl Sent {
+    /// Waits for the confirm until the send's deadline; the outcome is counted as for [`Publisher::publish`].
+    ///
+    /// # Errors
+    /// As [`Publisher::publish`].
+    pub async fn confirmed(mut self) -> Result<(), PublishError> {
+        let (Some(confirm), Some(ch)) = (self.confirm.take(), self.pool.channels.first()) else {
+            return Err(PublishError::NotConnected);
+        };
+        let result = ch.confirmed(self.seq, confirm, &self.id, self.deadline).await;
+        self.publisher.account(&self.pool, &result, self.started);
+        self.counted = true;
         result
+    }
+}
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        if let Some(ch) = self.pool.channels.first() {
+            ch.settle(self.seq);
+        }
+        if !self.counted {
+            self.publisher.shared.metrics.amqp_publishes.with_label_values(&["timeout"]).inc();
+        }
     }
 }
 

@@ -32,8 +32,10 @@ const QUEUE: &str = "hookgate-faults-all";
 pub(crate) const DEADLINE: Duration = Duration::from_secs(10);
 pub(crate) const SPOOL: u64 = 64 * 1024 * 1024;
 const SMALL_SPOOL: u64 = 16 * 1024;
-/// docs/delivery-semantics.md: a crash republishes at most this many confirmed spool records.
+/// docs/delivery-semantics.md: a crash republishes at most this many spool records passed since the cursor write,
 const CURSOR_EVERY: usize = 64;
+/// and every record of the drainer's window (sent, not yet passed: `spool::drain::WINDOW`).
+const DRAIN_WINDOW: usize = 128;
 /// docs/delivery-semantics.md: a crash forgets at most the dedup records of the commit not yet on disk (≤ 512).
 const GROUP_COMMIT: usize = 512;
 
@@ -109,7 +111,7 @@ async fn run_phases(
     begin(load, phases, "steady (no fault)", 0);
     sleep(3000).await;
 
-    begin(load, phases, "gateway kill -9 ×10", 10 * (WORKERS + CURSOR_EVERY + GROUP_COMMIT));
+    begin(load, phases, "gateway kill -9 ×10", 10 * (WORKERS + CURSOR_EVERY + DRAIN_WINDOW + GROUP_COMMIT));
     let mut restarts = Vec::new();
     for _ in 0..10 {
         sleep(1200).await;

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -60,33 +60,58 @@ impl ConfirmChannel {
     pub async fn publish(
         &self,
         exchange: &str,
-        routing_key: ShortString,
-        body: &[u8],
-        props: BasicProperties,
+        message: (ShortString, &[u8], BasicProperties),
         message_id: &str,
         deadline: Instant,
     ) -> Result<(), PublishError> {
+        let (seq, confirm) = self.send(exchange, message, deadline).await?;
+        let settle = Settle { ch: self, seq };
+        let result = self.confirmed(seq, confirm, message_id, deadline).await;
+        drop(settle);
+        result
+    }
+
+    /// Sends one persistent, mandatory message: returns once its frames are written, with its number on this
+    /// channel and its confirm. Sends on one channel reach the broker in the order they return. The caller must
+    /// [`ConfirmChannel::settle`] the number whatever happens next (an [`ConfirmChannel::confirmed`] does).
+    pub async fn send(
+        &self,
+        exchange: &str,
+        (routing_key, body, props): (ShortString, &[u8], BasicProperties),
+        deadline: Instant,
+    ) -> Result<(u64, PublisherConfirm), PublishError> {
         // `mandatory`: an unroutable message comes back as basic.return instead of being dropped silently.
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let exchange = ShortString::try_new(exchange).map_err(|_| PublishError::Encode("exchange name too long"))?;
-        let (seq, confirm) = {
-            let mut next =
-                tokio::time::timeout_at(deadline, self.next_seq.lock()).await.map_err(|_| PublishError::Timeout)?;
-            let seq = *next;
-            *next += 1;
-            self.tracker().outstanding.insert(seq);
-            let settle = Settle { ch: self, seq };
-            let sent = tokio::time::timeout_at(
-                deadline,
-                self.channel.basic_publish(exchange, routing_key, options, body, props),
-            )
-            .await;
-            match sent {
-                Ok(Ok(confirm)) => (settle, confirm),
-                Ok(Err(e)) => return Err(PublishError::Channel(e.to_string())),
-                Err(_) => return Err(PublishError::Timeout),
+        let mut next =
+            tokio::time::timeout_at(deadline, self.next_seq.lock()).await.map_err(|_| PublishError::Timeout)?;
+        let seq = *next;
+        *next += 1;
+        self.tracker().outstanding.insert(seq);
+        // Settles the number if this send fails or is cancelled; disarmed once the caller owns it.
+        let settle = Settle { ch: self, seq };
+        let sent =
+            tokio::time::timeout_at(deadline, self.channel.basic_publish(exchange, routing_key, options, body, props))
+                .await;
+        match sent {
+            Ok(Ok(confirm)) => {
+                std::mem::forget(settle);
+                Ok((seq, confirm))
             }
-        };
+            Ok(Err(e)) => Err(PublishError::Channel(e.to_string())),
+            Err(_) => Err(PublishError::Timeout),
+        }
+    }
+
+    /// Waits until `deadline` for the confirm of the message sent as `seq`, settles `seq`, and then (for an ack)
+    /// until every earlier send on the channel has recorded any returned message, to tell a returned one.
+    pub async fn confirmed(
+        &self,
+        seq: u64,
+        confirm: PublisherConfirm,
+        message_id: &str,
+        deadline: Instant,
+    ) -> Result<(), PublishError> {
         let result = match tokio::time::timeout_at(deadline, confirm).await {
             Err(_) => Err(PublishError::Timeout),
             Ok(Err(e)) => Err(PublishError::Channel(e.to_string())),
@@ -102,10 +127,9 @@ impl ConfirmChannel {
                 }
             }
         };
-        let my_seq = seq.seq;
-        drop(seq);
+        self.settle(seq);
         result?;
-        self.wait_earlier(my_seq, deadline).await?;
+        self.wait_earlier(seq, deadline).await?;
         if self.tracker().returned.remove(message_id) {
             return Err(PublishError::Returned);
         }
@@ -120,8 +144,8 @@ impl ConfirmChannel {
         t.returned.insert(id);
     }
 
-    /// Marks a publish finished, whatever its outcome.
-    fn settle(&self, seq: u64) {
+    /// Marks a publish finished, whatever its outcome (again: no effect).
+    pub fn settle(&self, seq: u64) {
         self.tracker().outstanding.remove(&seq);
         self.settled.notify_waiters();
     }

@@ -1,6 +1,7 @@
-//! The drainer: publishes spooled events in receipt order, one at a time with its confirm, and moves past a
-//! record only after the broker confirmed it. Sequential on purpose: one publish in flight keeps the order of the
-//! spool in the queue, and a local broker confirms in well under a millisecond.
+//! The drainer: publishes spooled events in receipt order and moves past a record only after the broker
+//! confirmed it and every record before it. A window of records is on the wire at once (`window.rs`: up to
+//! [`WINDOW`], sent in order on one channel, confirms taken in order); one record at a time (a round trip and a
+//! broker fsync each) drained about 490 records/s.
 //!
 //! A spooled event was already answered 200, so one that turns out unroutable (returned: no queue bound, no
 //! alternate exchange) is never dropped, and must not block the events behind it either: it is moved to the
@@ -23,8 +24,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{Spool, SpoolError};
+
+mod window;
+
 use crate::metrics::Metrics;
-use crate::publish::{PublishError, Publisher};
+use crate::publish::Publisher;
+pub use window::WINDOW;
 
 const IDLE_POLL: Duration = Duration::from_millis(250);
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -79,7 +84,7 @@ impl Drainer {
                 parked_due = Instant::now() + parked_wait;
             }
             parked_len = self.parked.len();
-            let pause = match self.step().await {
+            let pause = match self.step(&shutdown).await {
                 Step::Drained => {
                     backoff = MIN_BACKOFF;
                     failures = 0;
@@ -125,39 +130,6 @@ impl Drainer {
         self.metrics.spool_parked.set(i64::try_from(self.parked.len()).unwrap_or(i64::MAX));
     }
 
-    async fn step(&self) -> Step {
-        if !self.publisher.is_connected() {
-            return Step::Idle;
-        }
-        let (seq, event) = match self.spool.peek().await {
-            Ok(Some(front)) => front,
-            Ok(None) if !self.spool.is_empty() => {
-                return match self.spool.flush().await {
-                    Ok(()) => Step::Drained,
-                    Err(e) => Step::Failed(e.to_string()),
-                };
-            }
-            Ok(None) => return Step::Idle,
-            Err(SpoolError::Corrupt(seq)) => return self.quarantine(&self.spool, seq).await,
-            Err(e) => return Step::Failed(e.to_string()),
-        };
-        self.metrics.publish_retries.inc();
-        let deadline = Instant::now() + self.publisher.publish_timeout();
-        match self.publisher.publish(&event, deadline).await {
-            Ok(()) => {}
-            // Encode cannot happen for an event the store accepted; parked all the same, never a blocked head.
-            Err(PublishError::Returned | PublishError::Encode(_)) => {
-                if let Err(e) = self.parked.append(&event).await {
-                    return Step::Failed(format!("unroutable event not parked: {e}"));
-                }
-                self.metrics.unroutable.with_label_values(&[&event.source]).inc();
-                tracing::warn!(seq, source = %event.source, "spooled event unroutable; parked until a route exists");
-            }
-            Err(e) => return Step::Failed(e.to_string()),
-        }
-        advance(&self.spool, seq).await
-    }
-
     /// Publishes parked events until one is still unroutable (or the broker fails).
     async fn retry_parked(&self) {
         while self.publisher.is_connected() {
@@ -194,6 +166,29 @@ impl Drainer {
             Ok(Err(e)) => Step::Failed(format!("unreadable spool record not quarantined: {e}")),
             Err(_) => Step::Failed("spool quarantine task failed".into()),
         }
+    }
+}
+
+/// Passes the confirmed records `seqs` (in order) off the runtime, and empties `seqs`. A cursor write that fails
+/// leaves the records passed in memory (a restart may republish them); the first error is returned.
+async fn advance_all(spool: &Spool, seqs: &mut Vec<u64>) -> Result<(), String> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let (s, batch) = (spool.clone(), std::mem::take(seqs));
+    let passed = tokio::task::spawn_blocking(move || {
+        let mut first = Ok(());
+        for seq in batch {
+            if let Err(e) = s.advance(seq) {
+                first = first.and(Err(e));
+            }
+        }
+        first
+    });
+    match passed.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("spool cursor task failed".into()),
     }
 }
 
