@@ -69,7 +69,13 @@ pub struct Gateway {
     /// The header cap, the body timeout and the in-flight body budget.
     pub reading: RequestLimits,
     type_labels: Mutex<HashSet<(Arc<str>, String)>>,
+    /// The ERROR line about deliveries not stored: one per [`STORE_ERROR_EVERY`], with the count.
+    store_errors: crate::telemetry::Throttle,
 }
+
+/// At most one ERROR line per this period about deliveries not stored (each one is also counted in
+/// `hookgate_posting_errors_total`).
+pub const STORE_ERROR_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Gateway {
     pub fn new(
@@ -90,6 +96,7 @@ impl Gateway {
             limits,
             pollers: Vec::new(),
             type_labels: Mutex::default(),
+            store_errors: crate::telemetry::Throttle::new(STORE_ERROR_EVERY),
         }
     }
 
@@ -303,7 +310,7 @@ impl Gateway {
     }
 
     /// One log line for a delivery not stored: a sender's mistake at `warn`, a rate-limited one throttled (an
-    /// attack must not flood the log), our own failure at `error`.
+    /// attack must not flood the log), our own failure at `error`, throttled too (an outage must not either).
     fn log_error(
         &self,
         name: &str,
@@ -333,9 +340,30 @@ impl Gateway {
                     "delivery refused"
                 );
             }
-            _ => {
-                tracing::error!(source = name, request_id, event_id, status, reason, %error, latency_ms, "delivery not stored")
-            }
+            // Our own failure repeats on every request while it lasts (a full spool, a lost disk): one ERROR line
+            // per STORE_ERROR_EVERY with the count, the rest at `debug`.
+            _ => match self.store_errors.due() {
+                Some(failed) => tracing::error!(
+                    source = name,
+                    request_id,
+                    event_id,
+                    status,
+                    reason,
+                    %error,
+                    latency_ms,
+                    failed,
+                    "delivery not stored"
+                ),
+                None => tracing::debug!(
+                    source = name,
+                    request_id,
+                    event_id,
+                    status,
+                    reason,
+                    latency_ms,
+                    "delivery not stored"
+                ),
+            },
         }
     }
 }

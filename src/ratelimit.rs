@@ -22,7 +22,6 @@ mod tests;
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -199,21 +198,11 @@ pub async fn prune_loop<C: Clock + Clone>(limits: Arc<RateLimits<C>>, shutdown: 
 // === impl Refusals ===
 
 /// The throttle of the `warn` line about refused requests.
-struct Refusals {
-    started: tokio::time::Instant,
-    /// Milliseconds after `started` of the last `warn` (`u64::MAX`: none yet).
-    last_warn_ms: AtomicU64,
-    /// Refusals since the last `warn`.
-    since_warn: AtomicU64,
-}
+struct Refusals(crate::telemetry::Throttle);
 
 impl Default for Refusals {
     fn default() -> Self {
-        Refusals {
-            started: tokio::time::Instant::now(),
-            last_warn_ms: AtomicU64::new(u64::MAX),
-            since_warn: AtomicU64::new(0),
-        }
+        Refusals(crate::telemetry::Throttle::new(Duration::from_millis(WARN_EVERY_MS)))
     }
 }
 
@@ -221,13 +210,7 @@ impl Refusals {
     fn log(&self, source: &str, request_id: u64, limit: Limit) {
         let limit = limit.as_str();
         tracing::debug!(source, request_id, limit, status = 429, reason = "rate_limited", "delivery refused");
-        self.since_warn.fetch_add(1, Ordering::Relaxed);
-        let now_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
-        let last = self.last_warn_ms.load(Ordering::Relaxed);
-        let due = last == u64::MAX || now_ms.saturating_sub(last) >= WARN_EVERY_MS;
-        // One thread wins the slot; the others only counted.
-        if due && self.last_warn_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            let refused = self.since_warn.swap(0, Ordering::Relaxed);
+        if let Some(refused) = self.0.due() {
             tracing::warn!(source, request_id, limit, refused, "deliveries refused: rate limited");
         }
     }

@@ -14,6 +14,10 @@
 //! stops (whose last line is `hookgate stopped` or an error) leaves nothing behind; a `kill -9` can lose the
 //! delivery lines of the last [`FLUSH_EVERY`].
 
+mod throttle;
+
+pub use throttle::Throttle;
+
 use std::io::Write;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Duration;

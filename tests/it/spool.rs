@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::support::{amqp_url, base_config, delete_exchange, Gateway, Opts, Proxy, GENERIC, JSON};
+use crate::support::{amqp_url, base_config, delete_exchange, proc_config, Gateway, Opts, Proc, Proxy, GENERIC, JSON};
 
 const SOURCES: &str = GENERIC;
 
@@ -62,6 +62,39 @@ async fn a_full_spool_answers_503_and_loses_nothing() {
     assert_eq!(drain_queue(&mut q, refused.len()).await, refused);
     q.close().await;
     gw.stop().await;
+}
+
+/// An outage refuses every delivery: the log gets one ERROR line per 10 s with the count, not one per request
+/// (the rest go to `debug`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_spool_logs_one_error_line_with_a_count_not_one_per_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = crate::support::unique("hookgate-spool-log");
+    let proxy = Proxy::start().await;
+    let config = proc_config(dir.path(), &exchange, &proxy.url(), SOURCES, "spool_max_bytes = 4096\n");
+    let gw = Proc::spawn(&config).await;
+    proxy.cut();
+    gw.wait_metric("hookgate_broker_connected", 0.0).await;
+    let mut refused = 0;
+    for n in 0..60 {
+        let body = format!(r#"{{"event":"fill","n":{n},"pad":"{}"}}"#, "x".repeat(100));
+        if gw.client.post("/webhooks/generic", &JSON, body.as_bytes()).await.status == 503 {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 20, "{refused} refused");
+    let series = "hookgate_posting_errors_total{reason=\"spool_full\",source=\"generic\"}";
+    assert_eq!(gw.metric(series).await, f64::from(refused));
+    let log = gw.output();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("delivery not stored")).collect();
+    assert_eq!(lines.len(), 1, "one ERROR line for {refused} refusals: {lines:#?}");
+    assert!(
+        lines[0].contains("ERROR") && lines[0].contains("spool_full") && lines[0].contains("failed=1"),
+        "{}",
+        lines[0]
+    );
+    drop(gw);
+    delete_exchange(&exchange).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
