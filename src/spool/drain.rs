@@ -63,6 +63,9 @@ impl Drainer {
         let mut parked_due = Instant::now();
         let mut parked_wait = PARKED_FIRST_RETRY;
         let mut parked_len = self.parked.len();
+        // The start-up replay is done once every record the spool held at start is passed — not when the spool
+        // is next seen empty, which under steady arrivals (queued behind the spool) may be never.
+        let replay_end = self.spool.inner.state().next_seq;
         loop {
             self.gauges();
             if self.parked.len() > parked_len {
@@ -70,13 +73,9 @@ impl Drainer {
                 parked_wait = PARKED_FIRST_RETRY;
                 parked_due = parked_due.min(Instant::now() + parked_wait);
             }
-            if self.spool.is_empty() {
-                if !self.replayed.swap(true, Ordering::AcqRel) {
-                    tracing::info!("spool replayed");
-                }
-                if until_empty {
-                    return;
-                }
+            self.note_replay(replay_end);
+            if self.spool.is_empty() && until_empty {
+                return;
             }
             if Instant::now() >= parked_due && self.publisher.is_connected() {
                 self.retry_parked().await;
@@ -84,7 +83,7 @@ impl Drainer {
                 parked_due = Instant::now() + parked_wait;
             }
             parked_len = self.parked.len();
-            let pause = match self.step(&shutdown).await {
+            let pause = match self.step(&shutdown, replay_end).await {
                 Step::Drained => {
                     backoff = MIN_BACKOFF;
                     failures = 0;
@@ -121,6 +120,17 @@ impl Drainer {
                 }
                 Err(_) => tracing::warn!(spool = name, "cursor task failed at stop"),
             }
+        }
+    }
+
+    /// Marks the start-up replay done once every record below `replay_end` is passed.
+    fn note_replay(&self, replay_end: u64) {
+        if self.replayed.load(Ordering::Acquire) {
+            return;
+        }
+        let done = self.spool.inner.state().queue.front().is_none_or(|l| l.seq >= replay_end);
+        if done && !self.replayed.swap(true, Ordering::AcqRel) {
+            tracing::info!("spool replayed");
         }
     }
 

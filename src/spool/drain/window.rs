@@ -64,12 +64,12 @@ impl Window {
 impl Drainer {
     /// Sends the spool from its front, a window at a time, until it is drained, a publish fails, the broker is
     /// lost or blocked, or `stop` is cancelled (then the window on the wire is still awaited and passed).
-    pub(super) async fn step(&self, stop: &CancellationToken) -> Step {
+    pub(super) async fn step(&self, stop: &CancellationToken, replay_end: u64) -> Step {
         if stop.is_cancelled() || !self.publisher.is_connected() {
             return Step::Idle;
         }
         let mut w = Window::default();
-        let failure = self.run_window(&mut w, stop).await;
+        let failure = self.run_window(&mut w, stop, replay_end).await;
         // Given up: dropped, each is counted as a publish of unknown outcome.
         w.on_wire.clear();
         if let Err(e) = advance_all(&self.spool, &mut w.confirmed).await {
@@ -83,7 +83,7 @@ impl Drainer {
         }
     }
 
-    async fn run_window(&self, w: &mut Window, stop: &CancellationToken) -> Option<Halt> {
+    async fn run_window(&self, w: &mut Window, stop: &CancellationToken, replay_end: u64) -> Option<Halt> {
         loop {
             if let Err(halt) = self.fill(w, stop).await {
                 return Some(halt);
@@ -110,6 +110,7 @@ impl Drainer {
                 if let Err(e) = advance_all(&self.spool, &mut w.confirmed).await {
                     return Some(Halt::Failed(e));
                 }
+                self.note_replay(replay_end);
             }
         }
     }
