@@ -51,6 +51,13 @@ const POLL_JOBS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("pol
 const QUEUE: usize = 4096;
 /// Most writes in one commit (each delivery's record is one write: a commit holds at most this many records).
 pub const BATCH: usize = 512;
+/// A group smaller than [`LINGER_BELOW`] waits this long for more writes before it commits: a commit is an
+/// fsync and a rewrite of the tree's path pages whatever it holds, and the writer thread was a fifth of the
+/// gateway's CPU at a few records per commit. The cost: a record becomes durable up to this much later (answers
+/// do not wait for dedup records; see docs/delivery-semantics.md).
+pub const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+/// Groups at least this large commit at once.
+const LINGER_BELOW: usize = 64;
 /// redb's page cache when nothing is configured (`storage.cache_bytes`).
 pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
@@ -291,7 +298,16 @@ pub(crate) fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Ve
 }
 
 fn writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
-    while let Some(jobs) = next_batch(&mut rx, BATCH) {
+    while let Some(mut jobs) = next_batch(&mut rx, BATCH) {
+        if jobs.len() < LINGER_BELOW {
+            std::thread::sleep(LINGER);
+            while jobs.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(job) => jobs.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
         let result = commit(db, jobs.iter().flat_map(|j| j.ops.iter()));
         if let Err(e) = &result {
             tracing::error!(error = %e, "state commit failed");
