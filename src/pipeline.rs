@@ -20,7 +20,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{header, Request, Response};
 use http_body_util::Full;
 use tokio::time::Instant;
 
@@ -35,9 +35,11 @@ use crate::order::Order;
 use crate::parse::{self, Format, Payload};
 use crate::publish::Sink;
 use crate::ratelimit::RateLimits;
-use crate::respond::{self, Stored};
+use crate::respond::Stored;
 use crate::router::{Route, Router};
 use crate::source::Source;
+
+mod answer;
 
 /// Distinct `type` label values kept per source before the rest are counted as `other`.
 const MAX_TYPE_LABELS: usize = 64;
@@ -278,93 +280,6 @@ impl Gateway {
             return kind.to_string();
         }
         "other".to_string()
-    }
-
-    /// Turns the result into the answer, with its metrics and one log line.
-    fn finish(
-        &self,
-        source: Option<&Source>,
-        request_id: u64,
-        event_id: Option<&str>,
-        started: Instant,
-        result: Result<Stored, PipelineError>,
-    ) -> Response<Full<Bytes>> {
-        let retry_status = source.map_or(StatusCode::SERVICE_UNAVAILABLE, |s| s.retry_status);
-        let resp = respond::response(&result, retry_status);
-        let name = source.map_or("unmatched", |s| &s.name);
-        let status = resp.status().as_u16();
-        let latency = started.elapsed();
-        self.metrics.requests.with_label_values(&[name, resp.status().as_str()]).inc();
-        self.metrics.request_duration.with_label_values(&[name]).observe(latency.as_secs_f64());
-        let latency_ms = (latency.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-        match &result {
-            Ok(outcome) => {
-                tracing::info!(source = name, request_id, event_id, status, ?outcome, latency_ms, "delivery stored");
-            }
-            Err(error) => {
-                self.metrics.posting_errors.with_label_values(&[name, error.reason()]).inc();
-                self.log_error(name, request_id, event_id, status, error, latency_ms);
-            }
-        }
-        resp
-    }
-
-    /// One log line for a delivery not stored: a sender's mistake at `warn`, a rate-limited one throttled (an
-    /// attack must not flood the log), our own failure at `error`, throttled too (an outage must not either).
-    fn log_error(
-        &self,
-        name: &str,
-        request_id: u64,
-        event_id: Option<&str>,
-        status: u16,
-        error: &PipelineError,
-        latency_ms: f64,
-    ) {
-        let reason = error.reason();
-        // The auth method that failed, never the value presented.
-        let method = match error {
-            PipelineError::Auth(e) => Some(e.method()),
-            _ => None,
-        };
-        match (error, error.class()) {
-            (PipelineError::RateLimited { limit, .. }, _) => self.limits.log_refusal(name, request_id, *limit),
-            (_, crate::error::Class::Client | crate::error::Class::RateLimited) => {
-                tracing::warn!(
-                    source = name,
-                    request_id,
-                    event_id,
-                    status,
-                    reason,
-                    method,
-                    latency_ms,
-                    "delivery refused"
-                );
-            }
-            // Our own failure repeats on every request while it lasts (a full spool, a lost disk): one ERROR line
-            // per STORE_ERROR_EVERY with the count, the rest at `debug`.
-            _ => match self.store_errors.due() {
-                Some(failed) => tracing::error!(
-                    source = name,
-                    request_id,
-                    event_id,
-                    status,
-                    reason,
-                    %error,
-                    latency_ms,
-                    failed,
-                    "delivery not stored"
-                ),
-                None => tracing::debug!(
-                    source = name,
-                    request_id,
-                    event_id,
-                    status,
-                    reason,
-                    latency_ms,
-                    "delivery not stored"
-                ),
-            },
-        }
     }
 }
 
