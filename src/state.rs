@@ -288,25 +288,25 @@ fn convert_old_tables(db: &Database) -> Result<(), StateError> {
 /// `None` once every sender is gone and the queue is empty.
 pub(crate) fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
     let mut jobs = vec![rx.blocking_recv()?];
+    take_waiting(rx, &mut jobs, max);
+    Some(jobs)
+}
+
+/// Moves the jobs already waiting into `jobs`, up to `max` in all.
+fn take_waiting<T>(rx: &mut mpsc::Receiver<T>, jobs: &mut Vec<T>, max: usize) {
     while jobs.len() < max {
         match rx.try_recv() {
             Ok(job) => jobs.push(job),
             Err(_) => break,
         }
     }
-    Some(jobs)
 }
 
 fn writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
     while let Some(mut jobs) = next_batch(&mut rx, BATCH) {
         if jobs.len() < LINGER_BELOW {
             std::thread::sleep(LINGER);
-            while jobs.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
-            }
+            take_waiting(&mut rx, &mut jobs, BATCH);
         }
         let result = commit(db, jobs.iter().flat_map(|j| j.ops.iter()));
         if let Err(e) = &result {

@@ -202,23 +202,22 @@ async fn finish(gw: &Gateway, phases: &mut [Phase], base: (f64, f64), text: Stri
 }
 
 pub(crate) async fn wait_connected(gw: &Gateway) {
-    for _ in 0..600 {
-        if gw.metric("hookgate_broker_connected").await == 1.0 {
-            return;
-        }
-        sleep(100).await;
-    }
-    eprintln!("faults: the gateway did not reconnect within 60 s");
+    wait_for(gw, "hookgate_broker_connected", 1.0, "the gateway did not reconnect").await;
 }
 
 pub(crate) async fn wait_drained(gw: &Gateway) {
+    wait_for(gw, "hookgate_spool_events", 0.0, "the spool did not drain").await;
+}
+
+/// Polls `series` until it reads `value`, for up to 60 s; past that says `what` and goes on.
+async fn wait_for(gw: &Gateway, series: &str, value: f64, what: &str) {
     for _ in 0..600 {
-        if gw.metric("hookgate_spool_events").await == 0.0 {
+        if gw.metric(series).await == value {
             return;
         }
         sleep(100).await;
     }
-    eprintln!("faults: the spool did not drain within 60 s");
+    eprintln!("faults: {what} within 60 s");
 }
 
 /// A durable queue bound to every routing key, declared after the gateway declared the exchange.
