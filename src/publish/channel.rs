@@ -7,7 +7,9 @@
 //! its id: a returned event is never reported as stored.
 
 use std::collections::{BTreeSet, HashSet};
+use std::future::Future;
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
@@ -23,7 +25,7 @@ const MAX_RETURNED: usize = 10_000;
 pub struct ConfirmChannel {
     channel: Channel,
     /// Serializes `basic.publish` frames and numbers them.
-    next_seq: tokio::sync::Mutex<u64>,
+    next_seq: Mutex<u64>,
     tracker: Mutex<Tracker>,
     settled: Notify,
 }
@@ -38,7 +40,7 @@ impl ConfirmChannel {
     pub fn new(channel: Channel) -> Self {
         ConfirmChannel {
             channel,
-            next_seq: tokio::sync::Mutex::new(0),
+            next_seq: Mutex::new(0),
             tracker: Mutex::new(Tracker::default()),
             settled: Notify::new(),
         }
@@ -83,16 +85,25 @@ impl ConfirmChannel {
         // `mandatory`: an unroutable message comes back as basic.return instead of being dropped silently.
         let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
         let exchange = ShortString::try_new(exchange).map_err(|_| PublishError::Encode("exchange name too long"))?;
-        let mut next =
-            tokio::time::timeout_at(deadline, self.next_seq.lock()).await.map_err(|_| PublishError::Timeout)?;
-        let seq = *next;
-        *next += 1;
-        self.tracker().outstanding.insert(seq);
+        let mut publish = std::pin::pin!(self.channel.basic_publish(exchange, routing_key, options, body, props));
+        // lapin takes the delivery tag and queues the frames in the first poll of `basic_publish`: numbering and
+        // that poll under one lock make our numbers, the broker's tags and the wire order agree. The frames are
+        // written by lapin's I/O thread after the lock is released, so the publishes queued meanwhile (on any
+        // channel) go out together, in one write.
+        let (seq, first) = {
+            let mut next = self.next_seq.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = *next;
+            *next += 1;
+            self.tracker().outstanding.insert(seq);
+            let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+            (seq, publish.as_mut().poll(&mut cx))
+        };
         // Settles the number if this send fails or is cancelled; disarmed once the caller owns it.
         let settle = Settle { ch: self, seq };
-        let sent =
-            tokio::time::timeout_at(deadline, self.channel.basic_publish(exchange, routing_key, options, body, props))
-                .await;
+        let sent = match first {
+            Poll::Ready(sent) => Ok(sent),
+            Poll::Pending => tokio::time::timeout_at(deadline, publish).await,
+        };
         match sent {
             Ok(Ok(confirm)) => {
                 std::mem::forget(settle);
