@@ -411,7 +411,8 @@ impl Storage {
                 "storage.spool_key_file / spool_key_env not set: the spool is written UNENCRYPTED. Development only"
             );
         }
-        let state = State::open_with(&s.data_dir, usize::try_from(s.cache_bytes).unwrap_or(usize::MAX))
+        let cache_bytes = usize::try_from(s.cache_bytes).unwrap_or(usize::MAX);
+        let state = State::open_with(&s.data_dir, cache_bytes, s.filter_bytes)
             .with_context(|| format!("cannot open the state in storage.data_dir {}", s.data_dir.display()))?;
         let shared = match &s.shared {
             Some(url) => Some(Shared::connect(url, &s.shared_prefix).await.context("cannot reach storage.shared")?),

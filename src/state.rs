@@ -22,21 +22,27 @@
 //! - No tokio worker touches the file: writes go to the writer thread over a bounded channel, and the request
 //!   path reads through [`State::lookup_done`] / [`State::lookup_order`] (`spawn_blocking`). redb takes no lock
 //!   a reader needs while a commit fsyncs.
-//! - redb's page cache is bounded by `storage.cache_bytes`.
+//! - Those lookups first ask [`filter`] (in memory) whether the file may hold the digest at all: for an id or
+//!   subject never stored, the answer comes without a read.
+//! - redb's page cache is bounded by `storage.cache_bytes`, the filter by `storage.filter_bytes`.
 //!
-//! Layout: [`sweep`] is the purge.
+//! Layout: [`sweep`] is the purge (and rebuilds the filter of each slice it scans); [`filter`] the in-memory
+//! filter, built by a thread of its own at start.
 
+pub mod filter;
 mod sweep;
 #[cfg(test)]
 mod tests;
 
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
+
+use self::filter::Filter;
 
 /// The stored form of a key.
 pub type Digest = [u8; 16];
@@ -104,23 +110,29 @@ pub struct State {
     tx: mpsc::Sender<Job>,
     /// The slice the next purge sweeps.
     next_slice: Arc<AtomicUsize>,
+    /// Which digests the file may hold.
+    filter: Arc<Filter>,
+    /// Reads of the file by [`State::lookup_done`] and [`State::lookup_order`] (for the tests).
+    #[cfg(test)]
+    pub(crate) reads: Arc<AtomicUsize>,
 }
 
 impl State {
-    /// [`State::open_with`] and the default cache.
+    /// [`State::open_with`] with the default cache and filter sizes.
     ///
     /// # Errors
     /// See [`State::open_with`].
     pub fn open(data_dir: &Path) -> Result<State, StateError> {
-        State::open_with(data_dir, DEFAULT_CACHE_BYTES)
+        State::open_with(data_dir, DEFAULT_CACHE_BYTES, filter::DEFAULT_FILTER_BYTES)
     }
 
     /// Opens (creating) `<data_dir>/state.redb` with a page cache of at most `cache_bytes`, converts tables of
-    /// an earlier version, and starts the writer thread.
+    /// an earlier version, and starts the writer thread and the filter thread (which builds the filter of at
+    /// most `filter_bytes` from the file).
     ///
     /// # Errors
     /// The file cannot be created or opened (also: another process holds it).
-    pub fn open_with(data_dir: &Path, cache_bytes: usize) -> Result<State, StateError> {
+    pub fn open_with(data_dir: &Path, cache_bytes: usize, filter_bytes: u64) -> Result<State, StateError> {
         crate::private_fs::create_dir(data_dir).map_err(err)?;
         let path = data_dir.join("state.redb");
         // Created (or tightened) 0600 before redb opens it: redb itself would create it with the umask.
@@ -133,10 +145,28 @@ impl State {
         txn.open_table(POLL_JOBS).map_err(err)?;
         txn.commit().map_err(err)?;
         convert_old_tables(&db)?;
+        let filter = Arc::new(Filter::new(filter_bytes));
+        let (requests, rebuilds) = std::sync::mpsc::channel();
+        filter.requests_to(requests);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer_db = db.clone();
-        std::thread::Builder::new().name("hookgate-state".into()).spawn(move || writer(&writer_db, rx)).map_err(err)?;
-        Ok(State { db, tx, next_slice: Arc::default() })
+        let (writer_db, writer_filter) = (db.clone(), filter.clone());
+        std::thread::Builder::new()
+            .name("hookgate-state".into())
+            .spawn(move || writer(&writer_db, &writer_filter, rx))
+            .map_err(err)?;
+        let (weak_db, weak_filter) = (Arc::downgrade(&db), Arc::downgrade(&filter));
+        std::thread::Builder::new()
+            .name("hookgate-filter".into())
+            .spawn(move || build_filter(&weak_db, &weak_filter, &rebuilds))
+            .map_err(err)?;
+        Ok(State {
+            db,
+            tx,
+            next_slice: Arc::default(),
+            filter,
+            #[cfg(test)]
+            reads: Arc::default(),
+        })
     }
 
     /// Applies `ops` durably; returns after the fsync of the commit that holds them.
@@ -159,22 +189,46 @@ impl State {
         let _ = self.tx.try_send(Job { ops, done: None });
     }
 
-    /// [`State::done_until`] off the runtime: a read that misses redb's cache goes to the disk.
+    /// [`State::done_until`] off the runtime (a read that misses redb's cache goes to the disk), unless the
+    /// filter knows the file has no such row.
     ///
     /// # Errors
     /// The read failed.
     pub async fn lookup_done(&self, key: &str) -> Result<Option<u64>, StateError> {
+        if !self.filter.may_hold(&digest(key)) {
+            return Ok(None);
+        }
         let (this, key) = (self.clone(), key.to_string());
+        #[cfg(test)]
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || this.done_until(&key)).await.map_err(err)?
     }
 
-    /// [`State::order_of`] off the runtime.
+    /// [`State::order_of`] off the runtime, unless the filter knows the file has no such row.
     ///
     /// # Errors
     /// The read failed.
     pub async fn lookup_order(&self, key: &str) -> Result<Option<(i64, u8, u64)>, StateError> {
+        if !self.filter.may_hold(&digest(key)) {
+            return Ok(None);
+        }
         let (this, key) = (self.clone(), key.to_string());
+        #[cfg(test)]
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::task::spawn_blocking(move || this.order_of(&key)).await.map_err(err)?
+    }
+
+    /// Bytes the filter takes now.
+    pub fn filter_bytes(&self) -> u64 {
+        self.filter.bytes()
+    }
+
+    /// Waits until the filter thread has built every slot (tests).
+    #[cfg(test)]
+    pub(crate) async fn filter_built(&self) {
+        while !self.filter.built() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// The expiry of a stored event id. Blocking.
@@ -302,13 +356,18 @@ fn take_waiting<T>(rx: &mut mpsc::Receiver<T>, jobs: &mut Vec<T>, max: usize) {
     }
 }
 
-fn writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
+fn writer(db: &Database, filter: &Filter, mut rx: mpsc::Receiver<Job>) {
     while let Some(mut jobs) = next_batch(&mut rx, BATCH) {
         if jobs.len() < LINGER_BELOW {
             std::thread::sleep(LINGER);
             take_waiting(&mut rx, &mut jobs, BATCH);
         }
-        let result = commit(db, jobs.iter().flat_map(|j| j.ops.iter()));
+        let mut written = Vec::new();
+        let result = commit(db, jobs.iter().flat_map(|j| j.ops.iter()), &mut written);
+        // Committed rows enter the filter before anyone is told (see `filter`'s invariants).
+        if result.is_ok() {
+            written.iter().for_each(|d| filter.add(d));
+        }
         if let Err(e) = &result {
             tracing::error!(error = %e, "state commit failed");
         }
@@ -320,7 +379,8 @@ fn writer(db: &Database, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
-fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), StateError> {
+/// Applies `ops` in one durable commit; `written` receives the digests of the dedup and order rows it wrote.
+fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>, written: &mut Vec<Digest>) -> Result<(), StateError> {
     let mut txn = db.begin_write().map_err(err)?;
     txn.set_durability(Durability::Immediate);
     {
@@ -331,10 +391,14 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
         for op in ops {
             match op {
                 Op::Done { key, expires_ms } => {
-                    dedup.insert(digest(key), *expires_ms).map_err(err)?;
+                    let d = digest(key);
+                    dedup.insert(d, *expires_ms).map_err(err)?;
+                    written.push(d);
                 }
                 Op::Order { key, time_ms, rank, expires_ms } => {
-                    order.insert(digest(key), (*time_ms, *rank, *expires_ms)).map_err(err)?;
+                    let d = digest(key);
+                    order.insert(d, (*time_ms, *rank, *expires_ms)).map_err(err)?;
+                    written.push(d);
                 }
                 Op::PollJob { key, record, expires_ms } => {
                     jobs.insert(key.as_str(), (*expires_ms, record.as_slice())).map_err(err)?;
@@ -351,6 +415,31 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>) -> Result<(), St
 }
 
 type Table<'t, K, V> = redb::Table<'t, K, V>;
+
+/// The filter thread: builds every slot from the file (those the purge has not built first), then rebuilds the
+/// slots that fill up, as asked. Holds the database only while it scans, so it never keeps a closed state open;
+/// it ends with the last [`State`] (and the writer), when the request channel closes.
+fn build_filter(db: &Weak<Database>, filter: &Weak<Filter>, requests: &std::sync::mpsc::Receiver<usize>) {
+    let scan = |slice: usize, only_unbuilt: bool| {
+        let (Some(db), Some(filter)) = (db.upgrade(), filter.upgrade()) else { return false };
+        if !(only_unbuilt && filter.rows_hint(slice).is_some()) {
+            if let Err(error) = sweep::rebuild(&db, &filter, slice, now_ms()) {
+                tracing::warn!(%error, slice, "state filter: slice not built; its lookups read the file");
+            }
+        }
+        true
+    };
+    for slice in 0..sweep::SLICES {
+        if !scan(slice, true) {
+            return;
+        }
+    }
+    while let Ok(slice) = requests.recv() {
+        if !scan(slice, false) {
+            return;
+        }
+    }
+}
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {

@@ -173,6 +173,9 @@ pub struct Storage {
     /// index takes, however many events it holds.
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
+    /// Bytes of the in-memory filter that spares new events a read of `state.redb` (`state/filter.rs`).
+    #[serde(default = "default_filter_bytes")]
+    pub filter_bytes: u64,
 }
 
 impl Default for Storage {
@@ -185,6 +188,7 @@ impl Default for Storage {
             spool_key_env: None,
             spool_max_bytes: default_spool_max_bytes(),
             cache_bytes: default_cache_bytes(),
+            filter_bytes: default_filter_bytes(),
         }
     }
 }
@@ -302,6 +306,9 @@ fn default_spool_max_bytes() -> u64 {
 }
 fn default_cache_bytes() -> u64 {
     crate::state::DEFAULT_CACHE_BYTES as u64
+}
+fn default_filter_bytes() -> u64 {
+    crate::state::filter::DEFAULT_FILTER_BYTES
 }
 fn default_global_bucket() -> Bucket {
     Bucket { per_second: 20_000, burst: 40_000 }

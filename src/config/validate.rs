@@ -140,6 +140,9 @@ impl Config {
         if s.cache_bytes < 1 << 20 {
             return Err(ConfigError::key("storage.cache_bytes", "must be at least 1048576 (1 MiB)"));
         }
+        if s.filter_bytes < 1 << 16 {
+            return Err(ConfigError::key("storage.filter_bytes", "must be at least 65536 (64 KiB)"));
+        }
         Ok(())
     }
 

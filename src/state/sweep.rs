@@ -8,8 +8,9 @@
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
-use redb::ReadableTable;
+use redb::{Database, ReadableTable, ReadableTableMetadata};
 
+use super::filter::{Bloom, Filter};
 use super::{err, Digest, Op, State, StateError, Table, DEDUP, ORDER};
 
 /// Slices of the digest space (a divisor of 256).
@@ -65,26 +66,64 @@ impl State {
     }
 
     fn expired(&self, slice: usize, now_ms: u64) -> Result<(Vec<Digest>, Vec<Digest>), StateError> {
-        let range = bounds(slice);
-        let txn = self.db.begin_read().map_err(err)?;
-        let dedup = scan(&txn.open_table(DEDUP).map_err(err)?, range, now_ms, |e| e)?;
-        let order = scan(&txn.open_table(ORDER).map_err(err)?, range, now_ms, |(_, _, e)| e)?;
-        Ok((dedup, order))
+        rebuild(&self.db, &self.filter, slice, now_ms)
     }
 }
 
-/// The rows in `range` that expired before `now_ms`.
+/// Scans slice `slice` of the dedup and order tables in one read transaction: rebuilds the slice's filter from
+/// the rows alive at `now_ms`, and returns the rows that expired (dedup, order).
+///
+/// # Errors
+/// A read failed (the slice keeps its filter).
+pub(super) fn rebuild(
+    db: &Database,
+    filter: &Filter,
+    slice: usize,
+    now_ms: u64,
+) -> Result<(Vec<Digest>, Vec<Digest>), StateError> {
+    let rows = match filter.rows_hint(slice) {
+        Some(rows) => rows,
+        None => slice_rows(db)?,
+    };
+    // Registered before the snapshot is taken: what is committed after it is added to the new filter too.
+    let Some(bloom) = filter.begin(slice, rows) else { return Ok((Vec::new(), Vec::new())) };
+    let range = bounds(slice);
+    let scanned = (|| {
+        let txn = db.begin_read().map_err(err)?;
+        let dedup = scan(&txn.open_table(DEDUP).map_err(err)?, range, now_ms, |e| e, &bloom)?;
+        let order = scan(&txn.open_table(ORDER).map_err(err)?, range, now_ms, |(_, _, e)| e, &bloom)?;
+        Ok((dedup, order))
+    })();
+    match &scanned {
+        Ok(_) => filter.finish(slice, bloom),
+        Err(_) => filter.abandon(slice),
+    }
+    scanned
+}
+
+/// About the rows of one slice (digests are uniform).
+fn slice_rows(db: &Database) -> Result<u64, StateError> {
+    let txn = db.begin_read().map_err(err)?;
+    let dedup = txn.open_table(DEDUP).map_err(err)?.len().map_err(err)?;
+    let order = txn.open_table(ORDER).map_err(err)?.len().map_err(err)?;
+    Ok((dedup + order) / SLICES as u64)
+}
+
+/// The rows in `range` that expired before `now_ms`; the others are added to `alive`.
 fn scan<V: redb::Value + 'static>(
     table: &impl ReadableTable<Digest, V>,
     range: Range,
     now_ms: u64,
     expiry_ms: impl for<'v> Fn(V::SelfType<'v>) -> u64,
+    alive: &Bloom,
 ) -> Result<Vec<Digest>, StateError> {
     let mut out = Vec::new();
     for entry in table.range::<Digest>(range).map_err(err)? {
         let (k, v) = entry.map_err(err)?;
         if expiry_ms(v.value()) <= now_ms {
             out.push(k.value());
+        } else {
+            alive.add(&k.value());
         }
     }
     Ok(out)

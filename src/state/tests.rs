@@ -152,3 +152,77 @@ async fn a_retry_inside_the_window_is_a_duplicate_after_restart_purge_and_conver
     }
     assert!(matches!(d.claim("card", "new-2", TTL, far()).await, Claim::New(_)));
 }
+
+/// The filter (`filter.rs`): an id or subject never stored costs no read of the file once the filter is built;
+/// a stored one is read as before.
+#[tokio::test]
+async fn a_lookup_of_a_key_never_stored_reads_nothing_once_the_filter_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path()).unwrap();
+    let now = now_ms();
+    s.write(vec![
+        Op::Done { key: "a\u{1f}1".into(), expires_ms: now + 60_000 },
+        Op::Order { key: "a\u{1f}tx".into(), time_ms: 5, rank: 2, expires_ms: now + 60_000 },
+    ])
+    .await
+    .unwrap();
+    s.filter_built().await;
+    let reads = || s.reads.load(std::sync::atomic::Ordering::Relaxed);
+    for i in 0..1000 {
+        assert_eq!(s.lookup_done(&format!("a\u{1f}new-{i}")).await.unwrap(), None);
+        assert_eq!(s.lookup_order(&format!("a\u{1f}subject-{i}")).await.unwrap(), None);
+    }
+    // About 1% false positives: a read each, answered as before.
+    assert!(reads() < 60, "{} reads for 2,000 keys never stored", reads());
+    let before = reads();
+    assert_eq!(s.lookup_done("a\u{1f}1").await.unwrap(), Some(now + 60_000));
+    assert_eq!(s.lookup_order("a\u{1f}tx").await.unwrap(), Some((5, 2, now + 60_000)));
+    assert_eq!(reads(), before + 2, "a stored key is read");
+}
+
+/// No false negatives: rows stored before a restart (found by the build at open), committed while the filter
+/// thread builds, and after it, are all in the filter — and again after every slice was rebuilt by the purge.
+/// In tests a slot starts small (`filter::MIN_ROWS`), so slots also fill up and are rebuilt larger on the way.
+#[tokio::test]
+async fn every_stored_row_is_in_the_filter_whenever_it_was_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let key = |i: u64| format!("a\u{1f}{i}");
+    let done = |range: std::ops::Range<u64>| {
+        range.map(|i| Op::Done { key: key(i), expires_ms: now + 3_600_000 }).collect::<Vec<_>>()
+    };
+    {
+        let s = State::open(dir.path()).unwrap();
+        s.write(done(0..8_000)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = State::open(dir.path()).unwrap();
+    for chunk in 0..10 {
+        s.write(done(8_000 + chunk * 800..8_800 + chunk * 800)).await.unwrap();
+    }
+    s.filter_built().await;
+    s.write(done(16_000..20_000)).await.unwrap();
+    let missing = |s: &State| (0..20_000).filter(|i| !s.filter.may_hold(&digest(&key(*i)))).count();
+    assert_eq!(missing(&s), 0);
+    assert!(s.filter_bytes() > 32 * 1024, "slots grew past their first size: {} bytes", s.filter_bytes());
+    s.purge_all(now_ms()).await.unwrap();
+    assert_eq!(missing(&s), 0, "after the purge rebuilt every slot");
+    for i in [0, 9_999, 19_999] {
+        assert_eq!(s.lookup_done(&key(i)).await.unwrap(), Some(now + 3_600_000));
+    }
+}
+
+/// The filter stays under `storage.filter_bytes` however many rows the file holds.
+#[tokio::test]
+async fn the_filter_stays_under_its_configured_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open_with(dir.path(), DEFAULT_CACHE_BYTES, 1 << 16).unwrap();
+    let now = now_ms();
+    s.write((0..20_000).map(|i| Op::Done { key: format!("a\u{1f}{i}"), expires_ms: now + 60_000 }).collect())
+        .await
+        .unwrap();
+    s.filter_built().await;
+    s.purge_all(now).await.unwrap();
+    assert!(s.filter_bytes() <= 1 << 16, "{} bytes", s.filter_bytes());
+    assert_eq!(s.lookup_done("a\u{1f}7").await.unwrap(), Some(now + 60_000));
+}
