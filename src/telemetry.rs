@@ -65,8 +65,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(10);
 /// Buffered bytes past which the line that passes them writes the buffer out itself.
 pub const FLUSH_BYTES: usize = 64 << 10;
 
-/// The target and level of the per-delivery line (`pipeline.rs`); only these lines are buffered.
-const BUFFERED_TARGET: &str = "hookgate::pipeline";
+/// The target of the per-delivery INFO line (`pipeline/answer.rs` names it explicitly, so moving the code that
+/// logs it cannot turn the buffering off); only INFO lines of this target are buffered.
+pub const DELIVERY_TARGET: &str = "hookgate::pipeline";
 
 /// Where lines go: `out` (stderr in the process), with the delivery lines buffered (see the module doc).
 pub struct LogSink {
@@ -178,7 +179,7 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
-        let buffered = *meta.level() == Level::INFO && meta.target() == BUFFERED_TARGET;
+        let buffered = *meta.level() == Level::INFO && meta.target() == DELIVERY_TARGET;
         Line { sink: self.sink, buffered }
     }
 }

@@ -11,6 +11,21 @@ use crate::error::PipelineError;
 use crate::respond::{self, Stored};
 use crate::source::Source;
 
+/// The one INFO line of a stored delivery: buffered and written out by the log thread (`telemetry.rs`), not one
+/// `write(2)` per request.
+fn delivery_line(name: &str, request_id: u64, event_id: Option<&str>, status: u16, outcome: Stored, latency_ms: f64) {
+    tracing::info!(
+        target: crate::telemetry::DELIVERY_TARGET,
+        source = name,
+        request_id,
+        event_id,
+        status,
+        ?outcome,
+        latency_ms,
+        "delivery stored"
+    );
+}
+
 impl Gateway {
     /// Turns the result into the answer, with its metrics and one log line.
     pub(super) fn finish(
@@ -30,9 +45,7 @@ impl Gateway {
         self.metrics.request_duration.with_label_values(&[name]).observe(latency.as_secs_f64());
         let latency_ms = (latency.as_secs_f64() * 1_000_000.0).round() / 1000.0;
         match &result {
-            Ok(outcome) => {
-                tracing::info!(source = name, request_id, event_id, status, ?outcome, latency_ms, "delivery stored");
-            }
+            Ok(outcome) => delivery_line(name, request_id, event_id, status, *outcome, latency_ms),
             Err(error) => {
                 self.metrics.posting_errors.with_label_values(&[name, error.reason()]).inc();
                 self.log_error(name, request_id, event_id, status, error, latency_ms);
@@ -97,5 +110,42 @@ impl Gateway {
                 ),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::telemetry::{LogSink, LogWriter};
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_delivery_line_is_buffered_not_written_per_request() {
+        let out = Shared::default();
+        let sink: &'static LogSink = Box::leak(Box::new(LogSink::new(Box::new(out.clone()))));
+        let subscriber = tracing_subscriber::fmt().with_writer(LogWriter::on(sink)).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, || {
+            delivery_line("card", 7, Some("tx-1"), 200, Stored::Stored, 1.5);
+        });
+        assert!(out.0.lock().unwrap().is_empty(), "written at once: one write(2) per request");
+        sink.flush();
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("delivery stored") && text.contains("request_id=7"), "{text}");
     }
 }
