@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use self::recent::{recent_key, Recent, RecentKey};
 use self::redis::{Shared, SharedClaim};
-use crate::state::{now_ms, Op, State};
+use crate::state::{now_ms, Op, State, StateError};
 
 /// What a claim found.
 pub enum Claim {
@@ -60,7 +60,8 @@ struct Inner {
     flights: Mutex<HashMap<String, Arc<Notify>>>,
     state: State,
     shared: Option<Shared>,
-    /// Done records being written (see [`ClaimGuard::complete`]); [`Dedup::flush`] waits for them.
+    /// Done records being written to Redis and `state.redb` (with `storage.shared`; see
+    /// [`ClaimGuard::complete`]); [`Dedup::flush`] waits for them, and for the local ones queued to the writer.
     writes: TaskTracker,
     /// Caps the done records queued at once: past it, a request waits for its own record (a disk that falls
     /// behind slows the answers rather than growing the queued records and in-flight ids without bound).
@@ -165,6 +166,11 @@ impl Dedup {
         self.inner.writes.close();
         self.inner.writes.wait().await;
         self.inner.writes.reopen();
+        // Local records go straight to the state writer, which commits in queue order: once an (empty) write
+        // queued now returns, every record queued before it is committed and its follow-up has run.
+        if let Err(error) = self.inner.state.write(Vec::new()).await {
+            tracing::error!(%error, "dedup records not flushed");
+        }
     }
 
     /// Drops expired records (called periodically).
@@ -190,9 +196,9 @@ impl ClaimGuard {
         self.key.as_deref().unwrap_or_default()
     }
 
-    /// Marks the id stored for `window` and returns at once: the record is written (fsynced, and set in Redis)
-    /// by a task of its own, which then releases the id, wakes the waiters and passes `report` the stores that
-    /// failed. Until then an identical delivery waits, so it sees the record. A failure to write is logged and
+    /// Marks the id stored for `window` and returns at once: the record is written (fsynced; and set in Redis, by
+    /// a task of its own, with `storage.shared`), then the id is released, the waiters woken and `report` given
+    /// the stores that failed — for a local record, by the state writer right after its commit. Until then an identical delivery waits, so it sees the record. A failure to write is logged and
     /// reported (for `hookgate_dedup_record_failures_total`): the event itself is already durable, and the worst
     /// outcome is one provider retry published again (`docs/delivery-semantics.md`).
     pub async fn complete(mut self, window: Duration, report: impl FnOnce(RecordFailures) + Send + 'static) {
@@ -204,15 +210,9 @@ impl ClaimGuard {
         let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
         let (recent, expires_ms) = (self.recent, now_ms().saturating_add(window_ms));
         let op = Op::Done { key: key.clone(), expires_ms };
-        self.dedup.inner.writes.spawn(async move {
-            let local = dedup.inner.state.write(vec![op]);
-            let shared = async {
-                match &dedup.inner.shared {
-                    Some(s) => s.complete(&key, window).await.map_err(|e| e.to_string()),
-                    None => Ok(()),
-                }
-            };
-            let (local, shared) = tokio::join!(local, shared);
+        let shared = self.dedup.inner.shared.clone().map(|s| (s, key.clone()));
+        // What follows the record's commit(s): the id leaves flight, the waiters wake, the slot comes back.
+        let finish = move |local: Result<(), StateError>, shared: Result<(), String>| {
             if let Err(error) = &local {
                 tracing::error!(%error, "dedup record not written; a retry may be published again");
             }
@@ -228,6 +228,16 @@ impl ClaimGuard {
             release_local(&dedup, &key);
             drop(permit);
             report(RecordFailures { local: local.is_err(), shared: shared.is_err() });
+        };
+        let state = self.dedup.inner.state.clone();
+        let Some((shared, key)) = shared else {
+            // Local only: the state writer runs `finish` after the commit (no task of our own per record).
+            state.write_then(vec![op], move |local| finish(local, Ok(()))).await;
+            return;
+        };
+        self.dedup.inner.writes.spawn(async move {
+            let (local, remote) = tokio::join!(state.write(vec![op]), shared.complete(&key, window));
+            finish(local, remote.map_err(|e| e.to_string()));
         });
     }
 }

@@ -14,7 +14,7 @@
 //! The whole path runs under the source's answer deadline (`ack_timeout` minus a margin): whatever the broker
 //! or the client does, the provider gets an answer before its own timeout.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -70,7 +70,7 @@ pub struct Gateway {
     pub pollers: Vec<Arc<crate::poll::Poller>>,
     /// The header cap, the body timeout and the in-flight body budget.
     pub reading: RequestLimits,
-    type_labels: Mutex<HashSet<(Arc<str>, String)>>,
+    type_labels: Mutex<HashMap<Arc<str>, HashSet<String>>>,
     /// The ERROR line about deliveries not stored: one per [`STORE_ERROR_EVERY`], with the count.
     store_errors: crate::telemetry::Throttle,
 }
@@ -258,7 +258,7 @@ impl Gateway {
         .await
         .map_err(|_| PipelineError::StoreTaskFailed)??;
         let type_label = self.type_label(&source.name, &event.kind);
-        self.metrics.events.with_label_values(&[source.name.as_ref(), type_label.as_str()]).inc();
+        self.metrics.events.with_label_values(&[source.name.as_ref(), type_label]).inc();
         self.metrics.request_body_bytes.with_label_values(&[&source.name]).observe(event.body.len() as f64);
         Ok(Stored::Stored)
     }
@@ -269,17 +269,20 @@ impl Gateway {
     }
 
     /// Keeps the `type` label a closed set: the first few distinct types per source, then `other`.
-    fn type_label(&self, source: &Arc<str>, kind: &str) -> String {
+    fn type_label<'k>(&self, source: &Arc<str>, kind: &'k str) -> &'k str {
         let mut seen = self.type_labels.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (source.clone(), kind.to_string());
-        if seen.contains(&key) {
-            return kind.to_string();
+        if !seen.contains_key(source.as_ref()) {
+            seen.insert(source.clone(), HashSet::new());
         }
-        if seen.iter().filter(|(s, _)| s == source).count() < MAX_TYPE_LABELS {
-            seen.insert(key);
-            return kind.to_string();
+        let Some(types) = seen.get_mut(source.as_ref()) else { return "other" };
+        if types.contains(kind) {
+            return kind;
         }
-        "other".to_string()
+        if types.len() < MAX_TYPE_LABELS {
+            types.insert(kind.to_string());
+            return kind;
+        }
+        "other"
     }
 }
 

@@ -100,7 +100,26 @@ pub enum Op {
 
 struct Job {
     ops: Vec<Op>,
-    done: Option<oneshot::Sender<Result<(), StateError>>>,
+    done: Option<Reply>,
+}
+
+/// What the writer does with the outcome of a job's commit.
+enum Reply {
+    /// Sends it to the task awaiting [`State::write`].
+    Wait(oneshot::Sender<Result<(), StateError>>),
+    /// Runs this on the writer thread ([`State::write_then`]).
+    Then(Box<dyn FnOnce(Result<(), StateError>) + Send>),
+}
+
+impl Reply {
+    fn send(self, result: Result<(), StateError>) {
+        match self {
+            Reply::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Then(then) => then(result),
+        }
+    }
 }
 
 /// The open database and its writer. Cheap to clone.
@@ -175,8 +194,22 @@ impl State {
     /// The commit failed, or the writer is gone.
     pub async fn write(&self, ops: Vec<Op>) -> Result<(), StateError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Job { ops, done: Some(done) }).await.map_err(|_| StateError("writer stopped".into()))?;
+        let job = Job { ops, done: Some(Reply::Wait(done)) };
+        self.tx.send(job).await.map_err(|_| StateError("writer stopped".into()))?;
         wait.await.map_err(|_| StateError("writer stopped".into()))?
+    }
+
+    /// Queues `ops` (waiting only while the queue is full) and returns; once their commit is fsynced (or failed),
+    /// the writer thread runs `then` with the outcome — no task waits for it. `then` must be short and never
+    /// block: it runs between commits. Jobs are committed in the order they are queued, so a later
+    /// [`State::write`] returns after `then` has run.
+    pub async fn write_then(&self, ops: Vec<Op>, then: impl FnOnce(Result<(), StateError>) + Send + 'static) {
+        let job = Job { ops, done: Some(Reply::Then(Box::new(then))) };
+        if let Err(mpsc::error::SendError(job)) = self.tx.send(job).await {
+            if let Some(reply) = job.done {
+                reply.send(Err(StateError("writer stopped".into())));
+            }
+        }
     }
 
     /// Whether the writer thread still runs (a critical task: the gateway stops without it).
@@ -373,7 +406,7 @@ fn writer(db: &Database, filter: &Filter, mut rx: mpsc::Receiver<Job>) {
         }
         for job in jobs {
             if let Some(done) = job.done {
-                let _ = done.send(result.clone());
+                done.send(result.clone());
             }
         }
     }

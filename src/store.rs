@@ -55,8 +55,6 @@ impl Store {
     }
 
     async fn store(&self, event: &Event, deadline: Instant) -> Result<(), StoreError> {
-        // An event that cannot become an AMQP message is refused before it could sit in the spool.
-        amqp_message(event)?;
         if !self.spool.is_empty() || !self.replayed.load(Ordering::Acquire) {
             return self.spool_it(event, "behind_spool").await;
         }
@@ -69,6 +67,7 @@ impl Store {
         }
     }
 
+    /// Parks an event the broker returned (so it was encoded: it can be published later).
     async fn park(&self, event: &Event) -> Result<(), StoreError> {
         self.parked.append(event).await?;
         self.metrics.spool_parked.set(i64::try_from(self.parked.len()).unwrap_or(i64::MAX));
@@ -77,7 +76,10 @@ impl Store {
         Ok(())
     }
 
+    /// Appends `event` to the spool. An event that cannot become an AMQP message is refused before it could sit
+    /// there (on the broker path, the publish itself refuses it).
     async fn spool_it(&self, event: &Event, why: &'static str) -> Result<(), StoreError> {
+        amqp_message(event)?;
         let seq = self.spool.append(event).await?;
         self.metrics.spool_events.set(i64::try_from(self.spool.len()).unwrap_or(i64::MAX));
         self.metrics.spool_bytes.set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
