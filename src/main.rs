@@ -9,6 +9,11 @@ use clap::{Parser, Subcommand};
 use hookgate::config::{secret::ProcessEnv, Config};
 use tokio_util::sync::CancellationToken;
 
+/// jemalloc instead of glibc malloc (see Cargo.toml): less CPU per event on the request path and in the state
+/// writer, for a few MiB of RSS.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Exit code for bad configuration or usage (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
 
