@@ -7,6 +7,8 @@ mod form;
 mod json;
 mod xml;
 
+pub use json::Json;
+
 /// The body formats a source accepts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -17,10 +19,11 @@ pub enum Format {
     Empty,
 }
 
-/// A parsed body: JSON keeps its tree (nested fields can be addressed as `a.b`); XML and NVP are flat pairs.
+/// A parsed body: JSON keeps its tree, borrowed from the body (nested fields can be addressed as `a.b`); XML and
+/// NVP are flat pairs.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Payload {
-    Json(serde_json::Value),
+pub enum Payload<'a> {
+    Json(Json<'a>),
     Pairs(Vec<(String, String)>),
     Empty,
 }
@@ -63,7 +66,7 @@ pub fn essence(content_type: &str) -> String {
 ///
 /// # Errors
 /// [`ParseError::Malformed`] naming the format and the kind of problem (never the content).
-pub fn parse(format: Format, body: &[u8]) -> Result<Payload, ParseError> {
+pub fn parse(format: Format, body: &[u8]) -> Result<Payload<'_>, ParseError> {
     match format {
         Format::Json => json::parse(body).map(Payload::Json),
         Format::Xml => xml::parse(body).map(Payload::Pairs),

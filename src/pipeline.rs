@@ -307,7 +307,7 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
 
 /// Content type → parsed payload, if the source takes that type. A body-less delivery (Tyro GET/DELETE) has no
 /// content type.
-fn parse_body(source: &Source, request: &Authenticated) -> Result<(Format, Payload), PipelineError> {
+fn parse_body<'r>(source: &Source, request: &'r Authenticated) -> Result<(Format, Payload<'r>), PipelineError> {
     let content_type = request.parts().headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("\u{0}"));
     if content_type.is_some_and(|ct| ct.len() > 255) {
         return Err(parse::ParseError::UnsupportedMediaType.into());
@@ -322,7 +322,7 @@ fn parse_body(source: &Source, request: &Authenticated) -> Result<(Format, Paylo
 /// What normalization reads of a parsed delivery: the payload's fields, then path and query parameters, then
 /// the request headers.
 pub struct Parsed<'a> {
-    pub payload: &'a Payload,
+    pub payload: &'a Payload<'a>,
     pub params: &'a [(String, String)],
     pub query: &'a [(String, String)],
     pub headers: &'a http::HeaderMap,

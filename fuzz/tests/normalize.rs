@@ -3,7 +3,7 @@
 
 use hookgate::config::{EventFields, Preset};
 use hookgate::normalize::{parse_time, slug, FieldRules, Fields};
-use hookgate::parse::Payload;
+use hookgate::parse::{self, Format, Payload};
 use proptest::prelude::*;
 
 /// The field names the presets read, so generated inputs hit them.
@@ -46,24 +46,43 @@ fn pairs(max: usize) -> impl Strategy<Value = Vec<(String, String)>> {
     proptest::collection::vec((name(), value()), 0..max)
 }
 
-fn payload() -> impl Strategy<Value = Payload> {
+/// A delivery's body as generated: its parsed form borrows from it (JSON), so the test parses it.
+#[derive(Clone, Debug)]
+enum Body {
+    Pairs(Vec<(String, String)>),
+    Json(Vec<u8>),
+    Empty,
+}
+
+impl Body {
+    fn payload(&self) -> Payload<'_> {
+        match self {
+            Body::Pairs(p) => Payload::Pairs(p.clone()),
+            Body::Json(bytes) => parse::parse(Format::Json, bytes).expect("generated JSON parses"),
+            Body::Empty => Payload::Empty,
+        }
+    }
+}
+
+fn payload() -> impl Strategy<Value = Body> {
+    let json = |v: serde_json::Value| Body::Json(serde_json::to_vec(&v).expect("a Value serializes"));
     prop_oneof![
-        pairs(12).prop_map(Payload::Pairs),
-        pairs(12).prop_map(|p| {
+        pairs(12).prop_map(Body::Pairs),
+        pairs(12).prop_map(move |p| {
             let mut obj = serde_json::Map::new();
             for (k, v) in p {
                 let v = v.parse::<i64>().map_or(serde_json::Value::String(v), serde_json::Value::from);
                 obj.insert(k, v);
             }
-            Payload::Json(serde_json::json!({ "data": { "object": obj.clone() }, "top": obj }))
+            json(serde_json::json!({ "data": { "object": obj.clone() }, "top": obj }))
         }),
-        json().prop_map(Payload::Json),
-        Just(Payload::Empty),
+        json_value().prop_map(json),
+        Just(Body::Empty),
     ]
 }
 
 /// Any JSON value, nested up to 8 levels, with the presets' field names as keys.
-fn json() -> impl Strategy<Value = serde_json::Value> {
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(serde_json::Value::Null),
         any::<bool>().prop_map(serde_json::Value::from),
@@ -110,12 +129,12 @@ fn headers(pairs: &[(String, String)]) -> http::HeaderMap {
     map
 }
 
-fn longest(payload: &Payload, lists: &[&[(String, String)]]) -> usize {
+fn longest(body: &Body, lists: &[&[(String, String)]]) -> usize {
     let from_lists = lists.iter().flat_map(|l| l.iter()).map(|(_, v)| v.len()).max().unwrap_or(0);
-    let from_body = match payload {
-        Payload::Json(v) => v.to_string().len(),
-        Payload::Pairs(p) => p.iter().map(|(_, v)| v.len()).max().unwrap_or(0),
-        Payload::Empty => 0,
+    let from_body = match body {
+        Body::Json(bytes) => bytes.len(),
+        Body::Pairs(p) => p.iter().map(|(_, v)| v.len()).max().unwrap_or(0),
+        Body::Empty => 0,
     };
     from_lists.max(from_body)
 }
@@ -125,13 +144,14 @@ proptest! {
     fn events_are_bounded_and_never_panic(
         preset in preset(),
         overrides in overrides(),
-        payload in payload(),
+        generated in payload(),
         params in pairs(4),
         query in pairs(6),
         header_pairs in pairs(6),
         body in proptest::collection::vec(any::<u8>(), 0..64),
     ) {
         let headers = headers(&header_pairs);
+        let payload = generated.payload();
         let fields = Fields { payload: &payload, params: &params, query: &query, headers: &headers };
         let meta = FieldRules::new(preset, &overrides).extract(&fields, &body);
         prop_assert!(!meta.id.is_empty() && meta.id.len() <= 200, "id of {} bytes", meta.id.len());
@@ -140,7 +160,7 @@ proptest! {
         prop_assert!(meta.kind.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'));
         prop_assert!(!meta.kind.starts_with('.') && !meta.kind.ends_with('.'));
         if let Some(subject) = &meta.subject {
-            prop_assert!(subject.len() <= longest(&payload, &[&params, &query, &header_pairs]));
+            prop_assert!(subject.len() <= longest(&generated, &[&params, &query, &header_pairs]));
         }
     }
 
@@ -160,5 +180,42 @@ proptest! {
     #[test]
     fn arbitrary_times_never_panic(raw in ".{0,64}") {
         let _ = parse_time(&raw);
+    }
+}
+
+/// The field lookup of `serde_json::Value` trees, as hookgate read JSON bodies before it kept them borrowed: ids
+/// and subjects made of body fields must not change across that change.
+fn value_path(root: &serde_json::Value, name: &str) -> Option<String> {
+    fn lookup<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v serde_json::Value> {
+        let obj = v.as_object()?;
+        obj.get(key).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
+    }
+    fn scalar(v: &serde_json::Value) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            serde_json::Value::Bool(b) => Some(b.to_string()),
+            _ => None,
+        }
+    }
+    let exact = lookup(root, name);
+    if exact.is_some() || !name.contains('.') {
+        return exact.and_then(scalar);
+    }
+    name.split('.').try_fold(root, lookup).and_then(scalar)
+}
+
+proptest! {
+    #[test]
+    fn json_fields_read_as_a_serde_json_value_reads_them(generated in payload(), names in proptest::collection::vec(name(), 1..8)) {
+        let Body::Json(bytes) = &generated else { return Ok(()) };
+        let value: serde_json::Value = serde_json::from_slice(bytes).expect("generated JSON parses");
+        let payload = generated.payload();
+        let headers = http::HeaderMap::new();
+        let fields = Fields { payload: &payload, params: &[], query: &[], headers: &headers };
+        for name in names.iter().map(String::as_str).chain(NAMES.iter().copied()) {
+            let want = value_path(&value, name).filter(|v| !v.trim().is_empty());
+            prop_assert_eq!(fields.get(name), want, "field {}", name);
+        }
     }
 }

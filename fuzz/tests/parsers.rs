@@ -39,17 +39,9 @@ fn pair_bytes(p: &Payload) -> usize {
     }
 }
 
-fn depth(v: &serde_json::Value) -> usize {
-    match v {
-        serde_json::Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
-        serde_json::Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 fn check(format: Format, body: &[u8]) {
     match parse::parse(format, body) {
-        Ok(Payload::Json(v)) => assert!(depth(&v) <= MAX_DEPTH, "JSON deeper than the cap"),
+        Ok(Payload::Json(v)) => assert!(v.depth() <= MAX_DEPTH, "JSON deeper than the cap"),
         Ok(p @ Payload::Pairs(_)) => assert!(pair_bytes(&p) <= body.len(), "more field bytes than body bytes"),
         Ok(Payload::Empty) => assert_eq!(format, Format::Empty),
         Err(e) => assert!(e.to_string().len() < 64, "an error message must not carry the body"),

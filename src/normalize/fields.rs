@@ -1,10 +1,10 @@
 //! Case-insensitive field lookup across the body, path parameters, query parameters and headers.
 
-use crate::parse::Payload;
+use crate::parse::{Json, Payload};
 
 /// Everything a delivery says, for field lookup.
 pub struct Fields<'a> {
-    pub payload: &'a Payload,
+    pub payload: &'a Payload<'a>,
     pub params: &'a [(String, String)],
     pub query: &'a [(String, String)],
     pub headers: &'a http::HeaderMap,
@@ -39,24 +39,10 @@ fn pair(pairs: &[(String, String)], name: &str) -> Option<String> {
 }
 
 /// Looks up `a` or a dotted path `a.b.c` in JSON objects, matching keys case-insensitively.
-fn json_path(root: &serde_json::Value, name: &str) -> Option<String> {
-    let exact = lookup(root, name);
+fn json_path(root: &Json<'_>, name: &str) -> Option<String> {
+    let exact = root.get(name);
     if exact.is_some() || !name.contains('.') {
-        return exact.and_then(scalar);
+        return exact.and_then(Json::scalar);
     }
-    name.split('.').try_fold(root, lookup).and_then(scalar)
-}
-
-fn lookup<'v>(v: &'v serde_json::Value, key: &str) -> Option<&'v serde_json::Value> {
-    let obj = v.as_object()?;
-    obj.get(key).or_else(|| obj.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v))
-}
-
-fn scalar(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
+    name.split('.').try_fold(root, |v, key| v.get(key)).and_then(Json::scalar)
 }

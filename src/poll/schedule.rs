@@ -160,7 +160,7 @@ async fn receipt(poller: &Poller, gateway: &Gateway, job: &mut Job, past_life: b
     let parsed = Parsed { payload: &payload, params: &[], query: &[], headers: &headers };
     let source = &poller.source;
     let deadline = Instant::now() + source.answer_within();
-    let content_type = ("application/x-www-form-urlencoded".to_string(), body);
+    let content_type = ("application/x-www-form-urlencoded".to_string(), body.clone());
     let mut event_id = None;
     match gateway.ingest(source, parsed, content_type, deadline, &mut event_id).await {
         Ok(stored) => {
