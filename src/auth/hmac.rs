@@ -14,6 +14,8 @@ mod scheme;
 mod standard;
 mod tyro;
 
+use std::borrow::Cow;
+use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
@@ -35,11 +37,14 @@ const TAG_LEN: usize = 32;
 /// At most this many signatures of one delivery are tried (a header could list thousands).
 const MAX_SIGNATURES: usize = 8;
 
+/// One candidate signed message: the concatenation of these parts (the body among them, borrowed, not copied).
+pub(crate) type Message<'a> = Vec<Cow<'a, [u8]>>;
+
 /// What a delivery presents: the byte strings that may have been signed, its signatures and its timestamp.
 #[derive(Debug, Default)]
-pub(crate) struct Presented {
-    /// Candidate signed messages (Tyro: the raw body and its compact re-serialization).
-    pub messages: Vec<Vec<u8>>,
+pub(crate) struct Presented<'a> {
+    /// Candidate signed messages (Tyro: the timestamp as sent and unquoted, each followed by the body).
+    pub messages: Vec<Message<'a>>,
     /// Decoded HMAC-SHA256 tags, each exactly [`TAG_LEN`] bytes.
     pub tags: Vec<Vec<u8>>,
     /// Decoded Ed25519 signatures (Standard Webhooks `v1a`), each 64 bytes.
@@ -48,7 +53,7 @@ pub(crate) struct Presented {
     pub timestamp: Option<i64>,
 }
 
-impl Presented {
+impl Presented<'_> {
     pub fn push_tag(&mut self, tag: Option<Vec<u8>>) {
         if let Some(tag) = tag.filter(|t| t.len() == TAG_LEN) {
             if self.tags.len() < MAX_SIGNATURES {
@@ -63,8 +68,19 @@ impl Presented {
 pub struct HmacCheck {
     scheme: Scheme,
     secrets: Vec<secret::Secret>,
+    /// One HMAC state per secret, keyed once at build (each check clones one instead of keying it again).
+    keyed: Keyed,
     public_keys: Vec<Vec<u8>>,
     tolerance: Duration,
+}
+
+/// HMAC-SHA256 states keyed with the secrets; their `Debug` shows only how many there are.
+struct Keyed(Vec<HmacSha256>);
+
+impl fmt::Debug for Keyed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Keyed({} secrets, redacted)", self.0.len())
+    }
 }
 
 impl HmacCheck {
@@ -95,7 +111,8 @@ impl HmacCheck {
         if tolerance.is_zero() {
             return Err(ConfigError::key(&format!("{key}.tolerance"), "must be greater than zero"));
         }
-        Ok(HmacCheck { scheme, secrets, public_keys, tolerance })
+        let keyed = Keyed(secrets.iter().filter_map(|s| HmacSha256::new_from_slice(s.expose()).ok()).collect());
+        Ok(HmacCheck { scheme, secrets, keyed, public_keys, tolerance })
     }
 
     /// The headers the signature covers besides the body.
@@ -120,18 +137,29 @@ impl HmacCheck {
         } else if self.scheme.timestamped() {
             return false;
         }
+        if self.matches(&p) {
+            return true;
+        }
+        // Tyro: a sender that pretty-printed the body signed its compact form. Only built when the body as sent
+        // did not match (it is a parse and a serialization of the whole body).
+        matches!(self.scheme, Scheme::Tyro) && tyro::present_compact(headers, body).is_some_and(|c| self.matches(&c))
+    }
+
+    /// Whether any presented signature is one of any secret (or public key) over any candidate message; every
+    /// combination is tried, whatever matched first.
+    fn matches(&self, p: &Presented<'_>) -> bool {
         let mut ok = false;
-        for secret in &self.secrets {
+        for keyed in &self.keyed.0 {
             for msg in &p.messages {
                 for tag in &p.tags {
-                    ok |= mac_matches(secret.expose(), msg, tag);
+                    ok |= keyed_matches(keyed, msg, tag);
                 }
             }
         }
         for pk in &self.public_keys {
             for msg in &p.messages {
                 for sig in &p.ed25519 {
-                    ok |= standard::ed25519_matches(pk, msg, sig);
+                    ok |= standard::ed25519_matches(pk, &msg.concat(), sig);
                 }
             }
         }
@@ -186,12 +214,10 @@ fn resolve_secrets(key: &str, cfg: &config::Hmac, env: &dyn Env) -> Result<Vec<s
     secret::resolve_many(&format!("{key}.secrets"), inline, envs, files, env)
 }
 
-/// HMAC-SHA256 of `msg` under `key`, compared with `tag` in constant time.
-pub(crate) fn mac_matches(key: &[u8], msg: &[u8], tag: &[u8]) -> bool {
-    let Ok(mut mac) = HmacSha256::new_from_slice(key) else {
-        return false;
-    };
-    mac.update(msg);
+/// HMAC-SHA256 of the parts of `msg` under an already keyed state, compared with `tag` in constant time.
+fn keyed_matches(keyed: &HmacSha256, msg: &[Cow<'_, [u8]>], tag: &[u8]) -> bool {
+    let mut mac = keyed.clone();
+    msg.iter().for_each(|part| mac.update(part));
     mac.verify_slice(tag).is_ok()
 }
 

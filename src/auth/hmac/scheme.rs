@@ -1,10 +1,12 @@
 //! Where each scheme puts its signature, its timestamp and what it signs; how `hookgate sign` produces them.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use http::{HeaderMap, HeaderName};
 
-use super::{mac, parse_timestamp, standard, tyro, Presented};
+use super::{mac, parse_timestamp, standard, tyro, Message, Presented};
 use crate::config::{self, ConfigError, Encoding, HmacScheme};
 
 /// A configured scheme.
@@ -96,7 +98,7 @@ impl Scheme {
     }
 
     /// What the delivery presents; `None` when a header is missing or unreadable.
-    pub(crate) fn present(&self, headers: &HeaderMap, body: &[u8]) -> Option<Presented> {
+    pub(crate) fn present<'a>(&'a self, headers: &'a HeaderMap, body: &'a [u8]) -> Option<Presented<'a>> {
         match self {
             Scheme::Tyro => tyro::present(headers, body),
             Scheme::StandardWebhooks => standard::present(headers, body),
@@ -184,7 +186,7 @@ impl Custom {
         Ok(Custom { header, encoding, prefix: cfg.prefix.clone().unwrap_or_default(), timestamp_header, signed })
     }
 
-    fn present(&self, headers: &HeaderMap, body: &[u8]) -> Option<Presented> {
+    fn present<'a>(&'a self, headers: &'a HeaderMap, body: &'a [u8]) -> Option<Presented<'a>> {
         let value = headers.get(&self.header)?.to_str().ok()?.trim();
         let value = value.strip_prefix(self.prefix.as_str())?;
         let (raw_ts, timestamp) = match &self.timestamp_header {
@@ -194,9 +196,20 @@ impl Custom {
             }
             None => ("", None),
         };
-        let mut p = Presented { messages: vec![self.render(raw_ts, body)], timestamp, ..Presented::default() };
+        let message = self.parts(raw_ts, body);
+        let mut p = Presented { messages: vec![message], timestamp, ..Presented::default() };
         p.push_tag(decode(self.encoding, value));
         Some(p)
+    }
+
+    /// The signed message as parts, borrowed from the template, the timestamp header and the body.
+    fn parts<'a>(&'a self, timestamp: &'a str, body: &'a [u8]) -> Message<'a> {
+        let part = |p: &'a Part| match p {
+            Part::Text(t) => Cow::Borrowed(t.as_bytes()),
+            Part::Timestamp => Cow::Borrowed(timestamp.as_bytes()),
+            Part::Body => Cow::Borrowed(body),
+        };
+        self.signed.iter().map(part).collect()
     }
 
     fn render(&self, timestamp: &str, body: &[u8]) -> Vec<u8> {
@@ -256,7 +269,7 @@ fn parse_template(key: &str, template: &str) -> Result<Vec<Part>, ConfigError> {
     Ok(parts)
 }
 
-fn stripe(headers: &HeaderMap, body: &[u8]) -> Option<Presented> {
+fn stripe<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Option<Presented<'a>> {
     let value = header(headers, "stripe-signature")?;
     let mut p = Presented::default();
     let mut t = None;
@@ -269,12 +282,12 @@ fn stripe(headers: &HeaderMap, body: &[u8]) -> Option<Presented> {
     }
     let t = t?;
     p.timestamp = Some(t.parse().ok()?);
-    p.messages.push([t.as_bytes(), b".", body].concat());
+    p.messages.push(vec![Cow::Borrowed(t.as_bytes()), Cow::Borrowed(b"."), Cow::Borrowed(body)]);
     Some(p)
 }
 
-fn body_only(body: &[u8], tag: Option<Vec<u8>>) -> Presented {
-    let mut p = Presented { messages: vec![body.to_vec()], ..Presented::default() };
+fn body_only(body: &[u8], tag: Option<Vec<u8>>) -> Presented<'_> {
+    let mut p = Presented { messages: vec![vec![Cow::Borrowed(body)]], ..Presented::default() };
     p.push_tag(tag);
     p
 }

@@ -3,6 +3,8 @@
 //! `id.timestamp.body`. HMAC secrets are `whsec_` + base64 (the decoded bytes are the key); Ed25519 public keys
 //! are `whpk_` + base64.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use http::HeaderMap;
@@ -13,12 +15,13 @@ use crate::config::{secret::Secret, ConfigError};
 
 const MAX_ED25519: usize = 8;
 
-pub(super) fn present(headers: &HeaderMap, body: &[u8]) -> Option<Presented> {
+pub(super) fn present<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Option<Presented<'a>> {
     let id = header(headers, "webhook-id")?;
     let ts = header(headers, "webhook-timestamp")?;
     let signatures = header(headers, "webhook-signature")?;
     let mut p = Presented { timestamp: Some(ts.parse().ok()?), ..Presented::default() };
-    p.messages.push([id.as_bytes(), b".", ts.as_bytes(), b".", body].concat());
+    let parts: [&'a [u8]; 5] = [id.as_bytes(), b".", ts.as_bytes(), b".", body];
+    p.messages.push(parts.into_iter().map(Cow::Borrowed).collect());
     for item in signatures.split_ascii_whitespace() {
         match item.split_once(',') {
             Some(("v1", sig)) => p.push_tag(B64.decode(sig).ok()),

@@ -6,6 +6,8 @@
 //! order: `preserve_order`). The sample in Tyro's guide shows the timestamp quoted (`"2021-01-13T04:23:50.659Z"`):
 //! both the value as sent and the unquoted value are tried as signed text.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, SecondsFormat};
 use http::HeaderMap;
 
@@ -13,24 +15,26 @@ use super::scheme::{decode, header};
 use super::{mac, parse_timestamp, Presented};
 use crate::config::Encoding;
 
-pub(super) fn present(headers: &HeaderMap, body: &[u8]) -> Option<Presented> {
+pub(super) fn present<'a>(headers: &'a HeaderMap, body: &'a [u8]) -> Option<Presented<'a>> {
+    presented(headers, Cow::Borrowed(body))
+}
+
+/// What the delivery presents with its body in compact form (when it is JSON and not compact already): tried
+/// only when the body as sent does not match.
+pub(super) fn present_compact<'a>(headers: &'a HeaderMap, body: &[u8]) -> Option<Presented<'a>> {
+    let compact = compact(body).filter(|c| c.as_slice() != body)?;
+    presented(headers, Cow::Owned(compact))
+}
+
+fn presented<'a>(headers: &'a HeaderMap, body: Cow<'a, [u8]>) -> Option<Presented<'a>> {
     let raw_ts = header(headers, "x-sender-timestamp")?;
     let signature = header(headers, "x-sender-signature")?.trim_matches('"');
     let mut p = Presented { timestamp: Some(parse_timestamp(raw_ts)?), ..Presented::default() };
     p.push_tag(decode(Encoding::Hex, signature));
-    let mut stamps = vec![raw_ts];
     let unquoted = raw_ts.trim_matches('"');
+    p.messages.push(vec![Cow::Borrowed(raw_ts.as_bytes()), body.clone()]);
     if unquoted != raw_ts {
-        stamps.push(unquoted);
-    }
-    let mut bodies = vec![body.to_vec()];
-    if let Some(compact) = compact(body).filter(|c| c.as_slice() != body) {
-        bodies.push(compact);
-    }
-    for ts in stamps {
-        for b in &bodies {
-            p.messages.push([ts.as_bytes(), b].concat());
-        }
+        p.messages.push(vec![Cow::Borrowed(unquoted.as_bytes()), body]);
     }
     Some(p)
 }
