@@ -20,7 +20,7 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::traffic::{key_of, Traffic};
+use crate::traffic::{key_of, Delivery, Traffic};
 
 /// The gateway's confirm channels (`CONFIRM_CHANNELS` in src/lib.rs): the ceiling uses as many.
 const CHANNELS: usize = 4;
@@ -37,18 +37,7 @@ pub async fn ceiling(
     duration: Duration,
     traffic: impl Fn(u64) -> Traffic,
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let conn = connect(url).await?;
-    let queue = format!("hookgate-bench-ceiling-{}", std::process::id());
-    let mut channels = Vec::new();
-    for _ in 0..CHANNELS {
-        let ch = conn.create_channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default()).await?;
-        channels.push(ch);
-    }
-    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
-    channels[0].queue_declare(queue.as_str().into(), qopts, args).await?;
+    let (conn, channels, queue) = raw_publisher(url, "ceiling").await?;
     let count = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
     let start = Instant::now();
@@ -61,20 +50,11 @@ pub async fn ceiling(
         tasks.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
             while Instant::now() < end {
-                let d = t.fresh();
                 let sent = Instant::now();
-                let props = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_content_type(d.content_type.into())
-                    .with_message_id(format!("{:x}", d.key).into());
-                let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-                let Ok(confirm) = ch.basic_publish("".into(), queue.as_str().into(), opts, &d.body, props).await else {
-                    break;
-                };
-                if confirm.await.is_err() {
+                if !publish_confirmed(&ch, &queue, &t.fresh()).await {
                     break;
                 }
-                let _ = local.record(u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX).max(1));
+                let _ = local.record(micros(sent.elapsed()));
                 count.fetch_add(1, Ordering::Relaxed);
             }
             if let Ok(mut h) = hist.lock() {
@@ -90,6 +70,74 @@ pub async fn ceiling(
     let _ = conn.close(200, "done".into()).await;
     let h = hist.lock().map(|h| h.clone()).map_err(|_| anyhow::anyhow!("histogram lock"))?;
     Ok((count.load(Ordering::Relaxed) as f64 / secs, h))
+}
+
+/// The broker alone at a fixed rate: the ceiling's publishes, publish *i* due at start + *i* / `rate`, each one's
+/// latency counted from its due time to its confirm — the `fixed` scenario's open loop without the gateway, so
+/// the gateway's latency at that rate can be read against the broker's own on the same machine.
+pub async fn paced(
+    url: &str,
+    rate: u64,
+    duration: Duration,
+    traffic: impl Fn(u64) -> Traffic,
+) -> anyhow::Result<Histogram<u64>> {
+    let (conn, channels, queue) = raw_publisher(url, "paced").await?;
+    let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
+    let start = Instant::now() + Duration::from_millis(50);
+    let total = rate.saturating_mul(duration.as_millis() as u64) / 1000;
+    let mut t = traffic(20_000);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..total {
+        let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate.max(1));
+        tokio::time::sleep_until(due).await;
+        let (ch, queue, hist, d) = (channels[i as usize % CHANNELS].clone(), queue.clone(), hist.clone(), t.fresh());
+        tasks.spawn(async move {
+            if publish_confirmed(&ch, &queue, &d).await {
+                if let Ok(mut h) = hist.lock() {
+                    let _ = h.record(micros(due.elapsed()));
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let _ = channels[0].queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = conn.close(200, "done".into()).await;
+    let h = hist.lock().map(|h| h.clone()).map_err(|_| anyhow::anyhow!("histogram lock"))?;
+    Ok(h)
+}
+
+/// A connection with [`CHANNELS`] confirm channels and a durable classic queue of its own.
+async fn raw_publisher(url: &str, what: &str) -> anyhow::Result<(Connection, Vec<lapin::Channel>, String)> {
+    let conn = connect(url).await?;
+    let queue = format!("hookgate-bench-{what}-{}", std::process::id());
+    let mut channels = Vec::new();
+    for _ in 0..CHANNELS {
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        channels.push(ch);
+    }
+    let qopts = QueueDeclareOptions { durable: true, ..Default::default() };
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
+    channels[0].queue_declare(queue.as_str().into(), qopts, args).await?;
+    Ok((conn, channels, queue))
+}
+
+/// One persistent, mandatory publish to `queue` and its confirm; false when either failed.
+async fn publish_confirmed(ch: &lapin::Channel, queue: &str, d: &Delivery) -> bool {
+    let props = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(d.content_type.into())
+        .with_message_id(format!("{:x}", d.key).into());
+    let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+    match ch.basic_publish("".into(), queue.into(), opts, &d.body, props).await {
+        Ok(confirm) => confirm.await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
 /// A durable queue bound with `#` to the gateway's exchange, declared before the gateway starts.

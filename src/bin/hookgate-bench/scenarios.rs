@@ -228,7 +228,24 @@ async fn fixed(ctx: &mut Ctx, label: &str) -> anyhow::Result<Row> {
     let (mut row, tally) =
         phase(&g, label, transport, &load, ctx.traffic(ctx.args.retry_share, ctx.args.out_of_order_share)).await?;
     row.note("rate", ctx.args.rate);
-    finish(row, g, drain, &setup.exchange, &tally).await
+    let row = finish(row, g, drain, &setup.exchange, &tally).await?;
+    if label == "steady" {
+        return Ok(row);
+    }
+    broker_alone(ctx, row).await
+}
+
+/// Adds the broker's own latency at the scenario's rate (`broker::paced`) to a `fixed` row: the floor under the
+/// gateway's percentiles on this machine.
+async fn broker_alone(ctx: &Ctx, mut row: Row) -> anyhow::Result<Row> {
+    let h = broker::paced(&ctx.args.amqp, ctx.args.rate, ctx.args.duration, ctx.traffic(0.0, 0.0))
+        .await
+        .context("the broker alone at the fixed rate")?;
+    let ms = |q: f64| format!("{:.1}", crate::report::ms(&h, q));
+    row.note("broker_alone_p50_ms", ms(0.5));
+    row.note("broker_alone_p99_ms", ms(0.99));
+    row.note("broker_alone_p999_ms", ms(0.999));
+    Ok(row)
 }
 
 async fn retries(ctx: &mut Ctx) -> anyhow::Result<Row> {
