@@ -413,26 +413,42 @@ fn writer(db: &Database, filter: &Filter, mut rx: mpsc::Receiver<Job>) {
 }
 
 /// Applies `ops` in one durable commit; `written` receives the digests of the dedup and order rows it wrote.
+///
+/// The rows go in in digest order (a stable sort: two writes of one key keep their order), so the inserts of a
+/// commit walk the tree once from left to right instead of jumping between random leaves. The other writes keep
+/// their place after them: a purge's removal re-checks expiry row by row, so a row written in the same commit
+/// with a later expiry is kept whichever comes first.
 fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>, written: &mut Vec<Digest>) -> Result<(), StateError> {
+    let mut rows = Vec::new();
+    let mut others = Vec::new();
+    for op in ops {
+        match op {
+            Op::Done { key, .. } | Op::Order { key, .. } => rows.push((digest(key), op)),
+            Op::PollJob { .. } | Op::Remove { .. } => others.push(op),
+        }
+    }
+    rows.sort_by_key(|(d, _)| *d);
     let mut txn = db.begin_write().map_err(err)?;
     txn.set_durability(Durability::Immediate);
     {
         let mut dedup = txn.open_table(DEDUP).map_err(err)?;
         let mut order = txn.open_table(ORDER).map_err(err)?;
+        for (d, op) in &rows {
+            match op {
+                Op::Done { expires_ms, .. } => {
+                    dedup.insert(d, *expires_ms).map_err(err)?;
+                }
+                Op::Order { time_ms, rank, expires_ms, .. } => {
+                    order.insert(d, (*time_ms, *rank, *expires_ms)).map_err(err)?;
+                }
+                Op::PollJob { .. } | Op::Remove { .. } => {}
+            }
+            written.push(*d);
+        }
         let mut expiry = txn.open_table(EXPIRY).map_err(err)?;
         let mut jobs = txn.open_table(POLL_JOBS).map_err(err)?;
-        for op in ops {
+        for op in others {
             match op {
-                Op::Done { key, expires_ms } => {
-                    let d = digest(key);
-                    dedup.insert(d, *expires_ms).map_err(err)?;
-                    written.push(d);
-                }
-                Op::Order { key, time_ms, rank, expires_ms } => {
-                    let d = digest(key);
-                    order.insert(d, (*time_ms, *rank, *expires_ms)).map_err(err)?;
-                    written.push(d);
-                }
                 Op::PollJob { key, record, expires_ms } => {
                     jobs.insert(key.as_str(), (*expires_ms, record.as_slice())).map_err(err)?;
                     expiry.insert((*expires_ms, format!("p{key}").as_str()), ()).map_err(err)?;
@@ -441,6 +457,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>, written: &mut Ve
                     sweep::remove(&mut dedup, &mut order, *now_ms, d, o)?;
                     sweep::purge_jobs(&mut jobs, &mut expiry, *now_ms)?;
                 }
+                Op::Done { .. } | Op::Order { .. } => {}
             }
         }
     }
