@@ -179,6 +179,11 @@ impl Dedup {
             tracing::warn!(%error, "dedup purge failed");
         }
     }
+
+    /// Bytes of the state's in-memory filter now.
+    pub fn filter_bytes(&self) -> u64 {
+        self.inner.state.filter_bytes()
+    }
 }
 
 /// Holds an in-flight claim. Dropped without [`complete`](ClaimGuard::complete), it releases the id.

@@ -357,11 +357,16 @@ async fn watch_state(state: State, shutdown: CancellationToken) {
     }
 }
 
+/// Every minute: one slice of the index purged (and its filter rebuilt), and the filter's size reported.
 async fn purge_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
         tokio::select! {
-            _ = tick.tick() => gateway.dedup.purge().await,
+            _ = tick.tick() => {
+                gateway.dedup.purge().await;
+                let bytes = i64::try_from(gateway.dedup.filter_bytes()).unwrap_or(i64::MAX);
+                gateway.metrics.state_filter_bytes.set(bytes);
+            }
             () = shutdown.cancelled() => {
                 // Every request is answered by now: commit the dedup records still queued before exiting.
                 gateway.dedup.flush().await;

@@ -43,6 +43,8 @@ pub struct Metrics {
     /// SIGHUP reloads by outcome: `applied` or `refused`.
     pub config_reloads: IntCounterVec,
     pub rate_limiter_keys: IntGauge,
+    /// Bytes of the in-memory filter in front of `state.redb` (at most `storage.filter_bytes`).
+    pub state_filter_bytes: IntGauge,
     /// Each source's `ack_timeout`, so dashboards and alerts compare latency with the provider's deadline.
     pub source_ack_timeout: GaugeVec,
     /// `storage.spool_max_bytes`, so an alert can compare `hookgate_spool_bytes` with the cap.
@@ -185,6 +187,10 @@ impl Metrics {
             rate_limiter_keys: gauge(
                 "hookgate_rate_limiter_keys",
                 "Client addresses the per-client rate limiter tracks (at most rate_limits.max_clients).",
+            ),
+            state_filter_bytes: gauge(
+                "hookgate_state_filter_bytes",
+                "Bytes of the in-memory filter of the digests state.redb holds (at most storage.filter_bytes).",
             ),
             registry,
             requests,

@@ -163,6 +163,9 @@ async fn every_spec_series_has_its_expected_value() {
     ];
     let missing: Vec<_> = expected.iter().filter(|line| !text.lines().any(|l| l == line.as_str())).collect();
     assert!(missing.is_empty(), "missing or different: {missing:#?}\n{text}");
+    // The filter in front of state.redb: set by the first purge (at start), never past storage.filter_bytes.
+    let filter = text.lines().find_map(|l| l.strip_prefix("hookgate_state_filter_bytes ")).map(|v| v.parse::<f64>());
+    assert!(matches!(filter, Some(Ok(b)) if b > 0.0 && b <= 16.0 * 1024.0 * 1024.0), "{filter:?}");
     // Every answer a provider saw that was not 2xx is counted, once, with a reason.
     let sum = |prefix: &str, keep: &dyn Fn(&str) -> bool| -> f64 {
         text.lines()
