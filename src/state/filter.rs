@@ -22,7 +22,7 @@
 //! - At start the filter thread builds every slot from the file; until then the gateway answers as before.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwapOption;
 use fastbloom::AtomicBloomFilter;
@@ -55,6 +55,17 @@ struct Slot {
     building: ArcSwapOption<Bloom>,
     /// A rebuild was requested and has not finished.
     requested: AtomicBool,
+    /// Held by the one rebuild of this slot in progress ([`Filter::begin`]).
+    rebuilding: Mutex<()>,
+}
+
+/// A rebuild of one slot in progress: [`Rebuild::add`] the rows of the scan, then [`Rebuild::finish`]; dropped
+/// unfinished (the scan failed), the filter in use stays.
+pub struct Rebuild<'f> {
+    slot: &'f Slot,
+    bloom: Arc<Bloom>,
+    done: bool,
+    _lock: MutexGuard<'f, ()>,
 }
 
 /// One slot's Bloom filter.
@@ -109,6 +120,33 @@ impl Bloom {
     }
 }
 
+// === impl Rebuild ===
+
+impl Rebuild<'_> {
+    /// Adds a row found by the scan.
+    pub fn add(&self, d: &Digest) {
+        self.bloom.add(d);
+    }
+
+    /// Puts the rebuilt filter in use.
+    pub fn finish(mut self) {
+        self.bloom.scanned.store(self.bloom.added.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.slot.current.store(Some(self.bloom.clone()));
+        self.done = true;
+    }
+}
+
+impl Drop for Rebuild<'_> {
+    fn drop(&mut self) {
+        // Finished or not, nothing is added to this filter any more except through `current`.
+        self.slot.building.store(None);
+        self.slot.requested.store(false, Ordering::Release);
+        if !self.done {
+            tracing::debug!("state filter: a rebuild was given up; the filter in use stays");
+        }
+    }
+}
+
 // === impl Filter ===
 
 impl Filter {
@@ -149,10 +187,15 @@ impl Filter {
         }
     }
 
-    /// Starts a rebuild of slot `i` for about `rows` rows: the new filter is registered before the caller opens
-    /// its read snapshot, so rows committed from now on are added to it too.
-    pub fn begin(&self, i: usize, rows: u64) -> Option<Arc<Bloom>> {
+    /// Starts a rebuild of slot `i` for about `rows` rows (`rows` is asked for once the slot is ours): the new
+    /// filter is registered before the caller opens its read snapshot, so rows committed from now on are added
+    /// to it too. One rebuild of a slot at a time (the purge and the filter thread may both want one): a second
+    /// waits here until the first is finished or dropped, else the first one's finish would unregister the
+    /// second's filter while it still scans, and rows committed meanwhile would be missing from it.
+    pub fn begin(&self, i: usize, rows: impl FnOnce() -> u64) -> Option<Rebuild<'_>> {
         let slot = self.slots.get(i)?;
+        let lock = slot.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let rows = rows();
         // Room for the rows added meanwhile at the rate of the filter it replaces, and a quarter more.
         let recent = slot
             .current
@@ -162,23 +205,7 @@ impl Filter {
         let capacity = (rows + rows / 4 + 2 * recent).max(MIN_ROWS);
         let bloom = Arc::new(Bloom::new(capacity, self.max_bits));
         slot.building.store(Some(bloom.clone()));
-        Some(bloom)
-    }
-
-    /// Puts the rebuilt filter of slot `i` in use.
-    pub fn finish(&self, i: usize, bloom: Arc<Bloom>) {
-        let Some(slot) = self.slots.get(i) else { return };
-        bloom.scanned.store(bloom.added.load(Ordering::Relaxed), Ordering::Relaxed);
-        slot.current.store(Some(bloom));
-        slot.building.store(None);
-        slot.requested.store(false, Ordering::Release);
-    }
-
-    /// Gives up a rebuild of slot `i` (its scan failed): the filter in use stays.
-    pub fn abandon(&self, i: usize) {
-        let Some(slot) = self.slots.get(i) else { return };
-        slot.building.store(None);
-        slot.requested.store(false, Ordering::Release);
+        Some(Rebuild { slot, bloom, done: false, _lock: lock })
     }
 
     /// The rows slot `i` holds, as far as its filter knows (those its build scanned, and added since; expired rows
@@ -212,8 +239,7 @@ mod tests {
         let f = Filter::new(1 << 20);
         assert!(f.may_hold(&digest(1)), "not built: every lookup reads");
         for i in 0..SLICES {
-            let b = f.begin(i, 0).unwrap();
-            f.finish(i, b);
+            f.begin(i, || 0).unwrap().finish();
         }
         assert!(f.built());
         for i in 0..2000 {
@@ -231,11 +257,10 @@ mod tests {
         f.requests_to(tx);
         let d = digest(7);
         let i = slot_of(&d);
-        let first = f.begin(i, 0).unwrap();
-        f.finish(i, first);
-        let next = f.begin(i, 10).unwrap();
+        f.begin(i, || 0).unwrap().finish();
+        let next = f.begin(i, || 10).unwrap();
         f.add(&d); // committed while the rebuild scans: not in its snapshot
-        f.finish(i, next);
+        next.finish();
         assert!(f.may_hold(&d));
         // Past its capacity, the slot asks the filter thread for a larger filter, once.
         let mut ours = (1_000_000..).map(digest).filter(|d| slot_of(d) == i);
@@ -251,12 +276,39 @@ mod tests {
         assert!(rx.try_recv().is_err(), "asked once until rebuilt");
     }
 
+    /// Two rebuilds of one slot (the purge's and the filter thread's) never overlap: the second starts once the
+    /// first is finished, so the first one's finish cannot unregister the second's filter while it scans.
+    #[test]
+    fn rebuilds_of_one_slot_take_turns_and_keep_every_row_added_meanwhile() {
+        let f = Arc::new(Filter::new(1 << 20));
+        let d = digest(9);
+        let i = slot_of(&d);
+        let first = f.begin(i, || 0).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let second = {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let rebuild = f.begin(i, || 0).unwrap();
+                tx.send(()).unwrap();
+                // This rebuild's scan would find `d` in the file: it was committed before the scan began.
+                rebuild.add(&d);
+                rebuild.finish();
+            })
+        };
+        assert!(rx.recv_timeout(std::time::Duration::from_millis(100)).is_err(), "the second waits for the first");
+        f.add(&d); // committed while the first rebuild scans
+        first.finish();
+        assert!(f.may_hold(&d), "the first rebuild's filter has it");
+        rx.recv_timeout(std::time::Duration::from_secs(5)).unwrap();
+        second.join().unwrap();
+        assert!(f.may_hold(&d), "and so has the second's");
+    }
+
     #[test]
     fn every_filter_stays_under_the_configured_bytes() {
         let f = Filter::new(64 << 10);
         for i in 0..SLICES {
-            let b = f.begin(i, 10_000_000).unwrap();
-            f.finish(i, b);
+            f.begin(i, || 10_000_000).unwrap().finish();
         }
         assert!(f.bytes() <= 64 << 10, "{}", f.bytes());
     }

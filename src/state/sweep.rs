@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
-use super::filter::{Bloom, Filter};
+use super::filter::{Filter, Rebuild};
 use super::{err, Digest, Op, State, StateError, Table, DEDUP, ORDER};
 
 /// Slices of the digest space (a divisor of 256).
@@ -81,24 +81,17 @@ pub(super) fn rebuild(
     slice: usize,
     now_ms: u64,
 ) -> Result<(Vec<Digest>, Vec<Digest>), StateError> {
-    let rows = match filter.rows_hint(slice) {
-        Some(rows) => rows,
-        None => slice_rows(db)?,
-    };
-    // Registered before the snapshot is taken: what is committed after it is added to the new filter too.
-    let Some(bloom) = filter.begin(slice, rows) else { return Ok((Vec::new(), Vec::new())) };
+    // Registered before the snapshot is taken: what is committed after it is added to the new filter too. The
+    // estimate is read once the slot is ours (another rebuild of it may have just finished).
+    let rows = || filter.rows_hint(slice).or_else(|| slice_rows(db).ok()).unwrap_or(0);
+    let Some(rebuild) = filter.begin(slice, rows) else { return Ok((Vec::new(), Vec::new())) };
     let range = bounds(slice);
-    let scanned = (|| {
-        let txn = db.begin_read().map_err(err)?;
-        let dedup = scan(&txn.open_table(DEDUP).map_err(err)?, range, now_ms, |e| e, &bloom)?;
-        let order = scan(&txn.open_table(ORDER).map_err(err)?, range, now_ms, |(_, _, e)| e, &bloom)?;
-        Ok((dedup, order))
-    })();
-    match &scanned {
-        Ok(_) => filter.finish(slice, bloom),
-        Err(_) => filter.abandon(slice),
-    }
-    scanned
+    let txn = db.begin_read().map_err(err)?;
+    let dedup = scan(&txn.open_table(DEDUP).map_err(err)?, range, now_ms, |e| e, &rebuild)?;
+    let order = scan(&txn.open_table(ORDER).map_err(err)?, range, now_ms, |(_, _, e)| e, &rebuild)?;
+    // Only a whole scan replaces the filter in use (an error above drops the rebuild unfinished).
+    rebuild.finish();
+    Ok((dedup, order))
 }
 
 /// About the rows of one slice (digests are uniform).
@@ -115,7 +108,7 @@ fn scan<V: redb::Value + 'static>(
     range: Range,
     now_ms: u64,
     expiry_ms: impl for<'v> Fn(V::SelfType<'v>) -> u64,
-    alive: &Bloom,
+    alive: &Rebuild<'_>,
 ) -> Result<Vec<Digest>, StateError> {
     let mut out = Vec::new();
     for entry in table.range::<Digest>(range).map_err(err)? {
