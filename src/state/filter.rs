@@ -15,8 +15,9 @@
 //!   new filter as `building` *before* it opens its read snapshot, and the writer adds to both filters: a row is
 //!   either in the snapshot (and scanned) or committed after it (and added).
 //! - One Bloom filter per slice of the digest space (the purge's [`SLICES`]), sized from the rows of its slice,
-//!   so memory follows the index; each one at most `storage.filter_bytes / SLICES`. Past its capacity a filter
-//!   fills up and answers "maybe" more often (more reads), never wrongly.
+//!   so memory follows the index; each one at most `storage.filter_bytes / SLICES` (while a slot is rebuilt its
+//!   old and new filters both exist: at most two slots at a time, the purge's and the filter thread's). Past its
+//!   capacity a filter fills up and answers "maybe" more often (more reads), never wrongly.
 //! - Expired rows keep their bits until their slot is rebuilt: the purge's sweep rebuilds each slot it scans
 //!   (every slot once per sweep), and a slot past its capacity is rebuilt at once by the filter thread.
 //! - At start the filter thread builds every slot from the file; until then the gateway answers as before.
