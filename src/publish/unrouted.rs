@@ -8,39 +8,45 @@
 //!
 //! A fanout AE copies every message to every replica's private queue, so a replica counts only the messages
 //! it published itself: each publish notes its `message_id` (the event id) and source in [`Tracker`] before it
-//! is sent, and the observer counts a message only when it finds (and removes) its id there. The count follows
+//! is sent, and the observer counts a message only when it finds (and removes) its id there. The tracker keeps
+//! the most recent 32,768 to 65,536 ids, so a copy that arrives after that many later publishes is not counted. The count follows
 //! the `200 Stored` by the time the broker takes to deliver the copy (milliseconds).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ExchangeKind};
-use tokio::time::Instant;
-
-use crate::metrics::Metrics;
 
 /// The private observer queue keeps at most this many messages (the oldest are dropped past it).
 pub const OBSERVER_MAX_LENGTH: i64 = 10_000;
-/// Ids kept before the tracker forgets the ones older than [`TRACK_FOR`].
-const MAX_TRACKED: usize = 100_000;
-/// How long a published id waits for its copy from the alternate exchange.
-const TRACK_FOR: Duration = Duration::from_secs(60);
+/// Ids per generation of the tracker; two generations are kept (at least 16 s of publishes at 4,000/s, where a
+/// copy from the alternate exchange arrives within milliseconds), about 1.5 MB at most.
+const GENERATION: usize = 32_768;
 
-/// The ids this replica published recently, while an observer is consuming.
+/// The ids this replica published recently, while an observer is consuming: 64-bit keyed hashes of the ids (no
+/// copy of the id per publish), in two generations (bounded memory however long the process runs).
 #[derive(Default)]
 pub struct Tracker {
     /// Observers consuming (one per live connection; briefly two while one is replaced).
     observers: AtomicUsize,
-    ids: Mutex<HashMap<String, (Arc<str>, Instant)>>,
+    ids: Mutex<Generations>,
+    hasher: RandomState,
+}
+
+#[derive(Default)]
+struct Generations {
+    current: HashMap<u64, Arc<str>>,
+    previous: HashMap<u64, Arc<str>>,
 }
 
 impl Tracker {
-    fn ids(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<str>, Instant)>> {
+    fn ids(&self) -> std::sync::MutexGuard<'_, Generations> {
         self.ids.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -49,20 +55,19 @@ impl Tracker {
         if self.observers.load(Ordering::Acquire) == 0 {
             return;
         }
+        let key = self.hasher.hash_one(id);
         let mut ids = self.ids();
-        if ids.len() >= MAX_TRACKED {
-            let now = Instant::now();
-            ids.retain(|_, (_, at)| now.duration_since(*at) < TRACK_FOR);
-            if ids.len() >= MAX_TRACKED {
-                ids.clear();
-            }
+        if ids.current.len() >= GENERATION {
+            ids.previous = std::mem::take(&mut ids.current);
         }
-        ids.insert(id.to_string(), (source.clone(), Instant::now()));
+        ids.current.insert(key, source.clone());
     }
 
     /// The source of a message this replica published, forgetting it.
     fn take(&self, id: &str) -> Option<Arc<str>> {
-        self.ids().remove(id).map(|(source, _)| source)
+        let key = self.hasher.hash_one(id);
+        let mut ids = self.ids();
+        ids.current.remove(&key).or_else(|| ids.previous.remove(&key))
     }
 
     fn started(&self) {
@@ -71,8 +76,14 @@ impl Tracker {
 
     fn stopped(&self) {
         if self.observers.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.ids().clear();
+            *self.ids() = Generations::default();
         }
+    }
+
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        let ids = self.ids();
+        ids.current.len() + ids.previous.len()
     }
 }
 
@@ -114,4 +125,27 @@ pub async fn observe(
         tracker.stopped();
         drop(ch);
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tracker_is_bounded_and_finds_what_it_noted_last() {
+        let t = Tracker::default();
+        let source: Arc<str> = Arc::from("card");
+        t.note("before-any-observer", &source);
+        assert_eq!(t.held(), 0, "nothing is noted while no observer runs");
+        t.started();
+        for i in 0..200_000 {
+            t.note(&format!("id-{i}"), &source);
+        }
+        assert!(t.held() <= 2 * GENERATION, "{} held", t.held());
+        assert_eq!(t.take("id-199999").as_deref(), Some("card"));
+        assert_eq!(t.take("id-199999"), None, "taken once");
+        assert_eq!(t.take("id-0"), None, "forgotten: older than two generations");
+        t.stopped();
+        assert_eq!(t.held(), 0);
+    }
 }
