@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::dedup::redis::Shared;
 use crate::event::Event;
-use crate::state::{now_ms, Op, State};
+use crate::state::{digest, now_ms, Digest, Op, State};
 
 /// Subjects remembered in memory before the cache starts over (the database keeps them all).
 const CACHE: usize = 100_000;
@@ -29,12 +29,13 @@ const CACHE: usize = 100_000;
 pub struct Order {
     state: State,
     shared: Option<Shared>,
-    /// Latest (time ms or `i64::MIN`, rank) per key, in front of the database.
-    cache: Mutex<HashMap<String, (i64, u8)>>,
+    /// Latest (time ms or `i64::MIN`, rank) per key digest (as `state.redb` keys it: about 40 bytes an entry),
+    /// in front of the database.
+    cache: Mutex<HashMap<Digest, (i64, u8)>>,
 }
 
 impl Order {
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, u8)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, (i64, u8)>> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -61,19 +62,20 @@ impl Order {
     }
 
     async fn observe_local(&self, key: String, time: i64, rank: u8, window: Duration) -> bool {
-        let cached = self.cache().get(&key).copied();
+        let d = digest(&key);
+        let cached = self.cache().get(&d).copied();
         let stored = match cached {
             Some(c) => Some(c),
             None => self.state.lookup_order(&key).await.ok().flatten().map(|(t, r, _)| (t, r)),
         };
         let mut cache = self.cache();
         // An event for the same subject may have raised it during the read: the cached value is never older.
-        let current = cache.get(&key).copied().or(stored);
+        let current = cache.get(&d).copied().or(stored);
         let (late, max) = compare(current, time, rank);
         if cache.len() >= CACHE {
             cache.clear();
         }
-        cache.insert(key.clone(), max);
+        cache.insert(d, max);
         drop(cache);
         let expires_ms = now_ms() + u64::try_from(window.as_millis()).unwrap_or(u64::MAX / 2);
         self.state.write_later(vec![Op::Order { key, time_ms: max.0, rank: max.1, expires_ms }]);
