@@ -14,6 +14,7 @@
 //! stops (whose last line is `hookgate stopped` or an error) leaves nothing behind; a `kill -9` can lose the
 //! delivery lines of the last [`FLUSH_EVERY`].
 
+mod json;
 mod throttle;
 
 pub use throttle::Throttle;
@@ -55,7 +56,7 @@ pub fn init(logging: &Logging, rust_log: Option<String>) {
     let base = tracing_subscriber::registry().with(filter).with(dependency_filter());
     let fmt = tracing_subscriber::fmt::layer().with_writer(LogWriter::stderr()).with_ansi(ansi);
     let _ = match logging.format {
-        LogFormat::Json => base.with(fmt.json().flatten_event(true).with_current_span(false)).try_init(),
+        LogFormat::Json => base.with(fmt.event_format(json::JsonLine)).try_init(),
         LogFormat::Text => base.with(fmt).try_init(),
     };
 }
