@@ -1,4 +1,5 @@
-//! RabbitMQ side of the bench: the raw confirmed-publish ceiling, the queue bound to the gateway's exchange
+//! RabbitMQ side of the bench: the confirmed-publish ceilings (raw, and of the contract's message), the queue
+//! bound to the gateway's exchange
 //! that is drained and checked after each phase, and a TCP proxy in front of the broker that the spool
 //! scenario cuts.
 
@@ -12,11 +13,11 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -29,15 +30,35 @@ pub async fn connect(url: &str) -> anyhow::Result<Connection> {
     Connection::connect(url, ConnectionProperties::default()).await.context("connecting to RabbitMQ")
 }
 
+/// What a ceiling publishes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// The reference: the body alone (persistent, a message id) through the default exchange straight to
+    /// the queue.
+    Raw,
+    /// The contract's message (SPEC §4), made by the gateway's own `amqp_message`: CloudEvents headers, timestamp,
+    /// routing key `<source>.<type>`, through a durable topic exchange bound to the queue with `#`.
+    Contract,
+}
+
+/// Where a publisher's messages go.
+#[derive(Clone)]
+struct Dest {
+    queue: String,
+    /// The topic exchange of [`Shape::Contract`].
+    exchange: Option<String>,
+}
+
 /// The ceiling: confirmed persistent publishes per second with `in_flight` outstanding, to a durable classic
-/// queue, of bodies from the same traffic generator; and the confirm latency.
+/// queue, of bodies from the same traffic generator, shaped as `shape`; and the confirm latency.
 pub async fn ceiling(
     url: &str,
     in_flight: usize,
     duration: Duration,
+    shape: Shape,
     traffic: impl Fn(u64) -> Traffic,
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let (conn, channels, queue) = raw_publisher(url, "ceiling").await?;
+    let (conn, channels, dest) = raw_publisher(url, "ceiling", shape).await?;
     let count = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
     let start = Instant::now();
@@ -45,13 +66,13 @@ pub async fn ceiling(
     let mut tasks = Vec::new();
     for i in 0..in_flight {
         let ch = channels[i % CHANNELS].clone();
-        let (queue, count, hist) = (queue.clone(), count.clone(), hist.clone());
+        let (dest, count, hist) = (dest.clone(), count.clone(), hist.clone());
         let mut t = traffic(10_000 + i as u64);
         tasks.push(tokio::spawn(async move {
             let mut local = Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("valid bounds");
             while Instant::now() < end {
                 let sent = Instant::now();
-                if !publish_confirmed(&ch, &queue, &t.fresh()).await {
+                if !publish_confirmed(&ch, &dest, &t.fresh()).await {
                     break;
                 }
                 let _ = local.record(micros(sent.elapsed()));
@@ -66,7 +87,7 @@ pub async fn ceiling(
         let _ = t.await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let _ = channels[0].queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    remove(&channels[0], &dest).await;
     let _ = conn.close(200, "done".into()).await;
     let h = hist.lock().map(|h| h.clone()).map_err(|_| anyhow::anyhow!("histogram lock"))?;
     Ok((count.load(Ordering::Relaxed) as f64 / secs, h))
@@ -81,7 +102,7 @@ pub async fn paced(
     duration: Duration,
     traffic: impl Fn(u64) -> Traffic,
 ) -> anyhow::Result<Histogram<u64>> {
-    let (conn, channels, queue) = raw_publisher(url, "paced").await?;
+    let (conn, channels, dest) = raw_publisher(url, "paced", Shape::Raw).await?;
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
     let start = Instant::now() + Duration::from_millis(50);
     let total = rate.saturating_mul(duration.as_millis() as u64) / 1000;
@@ -90,9 +111,9 @@ pub async fn paced(
     for i in 0..total {
         let due = start + Duration::from_nanos(i.saturating_mul(1_000_000_000) / rate.max(1));
         tokio::time::sleep_until(due).await;
-        let (ch, queue, hist, d) = (channels[i as usize % CHANNELS].clone(), queue.clone(), hist.clone(), t.fresh());
+        let (ch, dest, hist, d) = (channels[i as usize % CHANNELS].clone(), dest.clone(), hist.clone(), t.fresh());
         tasks.spawn(async move {
-            if publish_confirmed(&ch, &queue, &d).await {
+            if publish_confirmed(&ch, &dest, &d).await {
                 if let Ok(mut h) = hist.lock() {
                     let _ = h.record(micros(due.elapsed()));
                 }
@@ -100,14 +121,15 @@ pub async fn paced(
         });
     }
     while tasks.join_next().await.is_some() {}
-    let _ = channels[0].queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    remove(&channels[0], &dest).await;
     let _ = conn.close(200, "done".into()).await;
     let h = hist.lock().map(|h| h.clone()).map_err(|_| anyhow::anyhow!("histogram lock"))?;
     Ok(h)
 }
 
-/// A connection with [`CHANNELS`] confirm channels and a durable classic queue of its own.
-async fn raw_publisher(url: &str, what: &str) -> anyhow::Result<(Connection, Vec<lapin::Channel>, String)> {
+/// A connection with [`CHANNELS`] confirm channels and a durable classic queue of its own (behind a topic
+/// exchange of its own for [`Shape::Contract`]).
+async fn raw_publisher(url: &str, what: &str, shape: Shape) -> anyhow::Result<(Connection, Vec<lapin::Channel>, Dest)> {
     let conn = connect(url).await?;
     let queue = format!("hookgate-bench-{what}-{}", std::process::id());
     let mut channels = Vec::new();
@@ -120,17 +142,62 @@ async fn raw_publisher(url: &str, what: &str) -> anyhow::Result<(Connection, Vec
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("classic".into()));
     channels[0].queue_declare(queue.as_str().into(), qopts, args).await?;
-    Ok((conn, channels, queue))
+    let mut dest = Dest { queue, exchange: None };
+    if shape == Shape::Contract {
+        let exchange = format!("{}-x", dest.queue);
+        let eopts = ExchangeDeclareOptions { durable: true, ..Default::default() };
+        let ch = &channels[0];
+        ch.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, eopts, FieldTable::default()).await?;
+        let (q, x) = (dest.queue.as_str().into(), exchange.as_str().into());
+        ch.queue_bind(q, x, "#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        dest.exchange = Some(exchange);
+    }
+    Ok((conn, channels, dest))
 }
 
-/// One persistent, mandatory publish to `queue` and its confirm; false when either failed.
-async fn publish_confirmed(ch: &lapin::Channel, queue: &str, d: &Delivery) -> bool {
-    let props = BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type(d.content_type.into())
-        .with_message_id(format!("{:x}", d.key).into());
+/// Deletes what [`raw_publisher`] declared.
+async fn remove(ch: &lapin::Channel, dest: &Dest) {
+    let _ = ch.queue_delete(dest.queue.as_str().into(), QueueDeleteOptions::default()).await;
+    if let Some(x) = &dest.exchange {
+        let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+    }
+}
+
+/// The gateway's message for `d` (a prepaid-card sale): routing key and properties.
+fn contract_message(d: &Delivery) -> Option<(lapin::types::ShortString, BasicProperties)> {
+    let id = format!("{:x}", d.key);
+    let event = hookgate::event::Event {
+        source: Arc::from("prepaid-card"),
+        id: id.clone(),
+        kind: "transaction.sale".into(),
+        subject: Some(id),
+        time: Some(chrono::Utc::now()),
+        rank: None,
+        received_at: chrono::Utc::now(),
+        content_type: d.content_type.into(),
+        body: d.body.clone(),
+        out_of_order: false,
+    };
+    hookgate::publish::amqp_message(&event).ok()
+}
+
+/// One persistent, mandatory publish to `dest` and its confirm; false when either failed.
+async fn publish_confirmed(ch: &lapin::Channel, dest: &Dest, d: &Delivery) -> bool {
     let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
-    match ch.basic_publish("".into(), queue.into(), opts, &d.body, props).await {
+    let published = match &dest.exchange {
+        None => {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type(d.content_type.into())
+                .with_message_id(format!("{:x}", d.key).into());
+            ch.basic_publish("".into(), dest.queue.as_str().into(), opts, &d.body, props).await
+        }
+        Some(exchange) => {
+            let Some((routing_key, props)) = contract_message(d) else { return false };
+            ch.basic_publish(exchange.as_str().into(), routing_key, opts, &d.body, props).await
+        }
+    };
+    match published {
         Ok(confirm) => confirm.await.is_ok(),
         Err(_) => false,
     }

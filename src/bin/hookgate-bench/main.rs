@@ -119,6 +119,11 @@ pub struct Args {
     /// Measure the broker ceiling too (always on for `all`).
     #[arg(long)]
     pub ceiling: bool,
+    /// Measure also the ceiling of the contract's message (always on for `all`): the same publishes shaped as
+    /// the gateway's (SPEC §4: CloudEvents headers, through a topic exchange); each row gets
+    /// `of_contract_ceiling`, the part of the gap the message format leaves to the gateway.
+    #[arg(long)]
+    pub contract_ceiling: bool,
     #[arg(long, value_enum, default_value = "table")]
     pub report: ReportFormat,
     /// The gateway's `logging.level`.

@@ -66,6 +66,8 @@ pub struct Report {
     pub machine: BTreeMap<String, String>,
     pub ceilings: Vec<f64>,
     pub ceiling: Option<f64>,
+    /// The ceiling of the contract's message (`broker::Shape::Contract`), when measured.
+    pub contract_ceiling: Option<f64>,
     pub rows: Vec<Row>,
 }
 
@@ -85,6 +87,9 @@ impl Report {
         if let Some(c) = self.ceiling {
             let each: Vec<String> = self.ceilings.iter().map(|c| format!("{c:.0}")).collect();
             println!("broker ceiling: {c:.0}/s (runs: {})", each.join(", "));
+        }
+        if let Some(c) = self.contract_ceiling {
+            println!("contract ceiling: {c:.0}/s (the gateway's message: topic exchange, CloudEvents headers)");
         }
         println!(
             "| scenario | transport | 200/s | ratio | p50 / p99 / p99.9 / max ms | peak RSS MiB | CPU s/1000 | ready ms | answers | lost / unexpected / dup | notes |"

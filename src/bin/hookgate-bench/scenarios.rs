@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use tokio::time::Instant;
 
-use crate::broker::{self, Drain, Proxy};
+use crate::broker::{self, Drain, Proxy, Shape};
 use crate::client::{self, Forwarded, Load, Pace, Tally, Target};
 use crate::gateway::{dir_bytes, Gateway, ProcStats, Setup};
 use crate::report::{Report, Row};
@@ -112,7 +112,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let want = |s: Scenario| all || chosen.contains(&s);
     let with_ceiling = all || ctx.args.ceiling || ctx.args.scenario.contains(&Scenario::Ceiling);
     if with_ceiling {
-        report.ceilings.push(ceiling(&ctx).await?);
+        report.ceilings.push(ceiling(&ctx, Shape::Raw).await?);
+    }
+    if all || ctx.args.contract_ceiling {
+        report.contract_ceiling = Some(ceiling(&ctx, Shape::Contract).await?);
     }
     let mut rows = Vec::new();
     if want(Scenario::Max) {
@@ -138,13 +141,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         rows.extend(index(&mut ctx).await?);
     }
     if with_ceiling && !rows.is_empty() {
-        report.ceilings.push(ceiling(&ctx).await?);
+        report.ceilings.push(ceiling(&ctx, Shape::Raw).await?);
     }
     if !report.ceilings.is_empty() {
         let c = report.ceilings.iter().sum::<f64>() / report.ceilings.len() as f64;
         report.ceiling = Some(c);
         for r in &mut rows {
             r.ratio = Some(r.ok_per_s / c);
+        }
+    }
+    if let Some(c) = report.contract_ceiling {
+        for r in &mut rows {
+            r.note("of_contract_ceiling", format!("{:.2}", r.ok_per_s / c));
         }
     }
     report.rows = rows;
@@ -168,12 +176,14 @@ fn machine() -> std::collections::BTreeMap<String, String> {
     m
 }
 
-async fn ceiling(ctx: &Ctx) -> anyhow::Result<f64> {
-    let (rate, hist) = broker::ceiling(&ctx.args.amqp, ctx.args.connections, ctx.args.duration, ctx.traffic(0.0, 0.0))
+async fn ceiling(ctx: &Ctx, shape: Shape) -> anyhow::Result<f64> {
+    let a = &ctx.args;
+    let (rate, hist) = broker::ceiling(&a.amqp, a.connections, a.duration, shape, ctx.traffic(0.0, 0.0))
         .await
         .context("broker ceiling")?;
+    let what = if shape == Shape::Raw { "broker ceiling" } else { "contract ceiling" };
     eprintln!(
-        "broker ceiling: {rate:.0}/s, confirm p50 {:.1} ms p99 {:.1} ms ({} in flight)",
+        "{what}: {rate:.0}/s, confirm p50 {:.1} ms p99 {:.1} ms ({} in flight)",
         crate::report::ms(&hist, 0.5),
         crate::report::ms(&hist, 0.99),
         ctx.args.connections
