@@ -18,10 +18,13 @@ const NAIVE: [&str; 6] = [
 /// Dates alone (midnight UTC).
 const DATES: [&str; 2] = ["%Y-%m-%d", "%m/%d/%Y"];
 
+/// A format string, parsed.
+type Format = Vec<Item<'static>>;
+
 /// The formats above, parsed once (`parse_from_str` parses its format string again on every call, and every
 /// delivery's timestamp goes through here).
-static COMPILED: LazyLock<(Vec<Vec<Item<'static>>>, Vec<Vec<Item<'static>>>)> = LazyLock::new(|| {
-    let compile = |formats: &[&str]| -> Vec<Vec<Item<'static>>> {
+static COMPILED: LazyLock<(Vec<Format>, Vec<Format>)> = LazyLock::new(|| {
+    let compile = |formats: &[&str]| -> Vec<Format> {
         formats.iter().filter_map(|f| StrftimeItems::new(f).parse_to_owned().ok()).collect()
     };
     (compile(&NAIVE), compile(&DATES))
@@ -43,13 +46,11 @@ pub fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
         return if s.len() >= 13 { Utc.timestamp_millis_opt(n).single() } else { Utc.timestamp_opt(n, 0).single() };
     }
     let (naive, dates) = &*COMPILED;
-    let time = |items: &Vec<Item<'static>>| -> Option<NaiveDateTime> {
-        parsed(s, items)?.to_naive_datetime_with_offset(0).ok()
-    };
+    let time = |items: &Format| -> Option<NaiveDateTime> { parsed(s, items)?.to_naive_datetime_with_offset(0).ok() };
     if let Some(t) = naive.iter().find_map(time) {
         return Some(t.and_utc());
     }
-    let date = |items: &Vec<Item<'static>>| -> Option<NaiveDate> { parsed(s, items)?.to_naive_date().ok() };
+    let date = |items: &Format| -> Option<NaiveDate> { parsed(s, items)?.to_naive_date().ok() };
     dates.iter().find_map(date).and_then(|d| d.and_hms_opt(0, 0, 0)).map(|t| t.and_utc())
 }
 
