@@ -50,7 +50,7 @@ fn defaults_match_the_spec() {
     assert_eq!(cfg.server.max_inflight_body_bytes, 268_435_456);
     assert_eq!(cfg.server.http2_max_concurrent_streams, 32);
     assert_eq!(cfg.storage.spool_max_bytes, 1 << 30);
-    assert_eq!(cfg.storage.cache_bytes, 16 << 20);
+    assert_eq!(cfg.storage.cache_bytes, 4 << 20);
     let a = &cfg.sources["a"];
     assert_eq!((a.dedup_window, a.max_body_bytes, a.retry_status), (Dur::secs(72 * 3600), 1_048_576, Some(503)));
     assert_eq!(cfg.rate_limits.per_client.burst, 2000);
