@@ -203,7 +203,8 @@ impl ClaimGuard {
 
     /// Marks the id stored for `window` and returns at once: the record is written (fsynced; and set in Redis, by
     /// a task of its own, with `storage.shared`), then the id is released, the waiters woken and `report` given
-    /// the stores that failed — for a local record, by the state writer right after its commit. Until then an identical delivery waits, so it sees the record. A failure to write is logged and
+    /// the stores that failed — for a local record, by the state writer right after its commit. Until then an
+    /// identical delivery waits, so it sees the record. A failure to write is logged and
     /// reported (for `hookgate_dedup_record_failures_total`): the event itself is already durable, and the worst
     /// outcome is one provider retry published again (`docs/delivery-semantics.md`).
     pub async fn complete(mut self, window: Duration, report: impl FnOnce(RecordFailures) + Send + 'static) {

@@ -271,10 +271,7 @@ impl Gateway {
     /// Keeps the `type` label a closed set: the first few distinct types per source, then `other`.
     fn type_label<'k>(&self, source: &Arc<str>, kind: &'k str) -> &'k str {
         let mut seen = self.type_labels.lock().unwrap_or_else(|e| e.into_inner());
-        if !seen.contains_key(source.as_ref()) {
-            seen.insert(source.clone(), HashSet::new());
-        }
-        let Some(types) = seen.get_mut(source.as_ref()) else { return "other" };
+        let types = seen.entry(source.clone()).or_default();
         if types.contains(kind) {
             return kind;
         }

@@ -414,6 +414,12 @@ fn writer(db: &Database, filter: &Filter, mut rx: mpsc::Receiver<Job>) {
     }
 }
 
+/// A dedup or order row as a commit writes it.
+enum Row {
+    Done(u64),
+    Order((i64, u8, u64)),
+}
+
 /// Applies `ops` in one durable commit; `written` receives the digests of the dedup and order rows it wrote.
 ///
 /// The rows go in in digest order (a stable sort: two writes of one key keep their order), so the inserts of a
@@ -425,7 +431,10 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>, written: &mut Ve
     let mut others = Vec::new();
     for op in ops {
         match op {
-            Op::Done { key, .. } | Op::Order { key, .. } => rows.push((digest(key), op)),
+            Op::Done { key, expires_ms } => rows.push((digest(key), Row::Done(*expires_ms))),
+            Op::Order { key, time_ms, rank, expires_ms } => {
+                rows.push((digest(key), Row::Order((*time_ms, *rank, *expires_ms))));
+            }
             Op::PollJob { .. } | Op::Remove { .. } => others.push(op),
         }
     }
@@ -435,16 +444,12 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>, written: &mut Ve
     {
         let mut dedup = txn.open_table(DEDUP).map_err(err)?;
         let mut order = txn.open_table(ORDER).map_err(err)?;
-        for (d, op) in &rows {
-            match op {
-                Op::Done { expires_ms, .. } => {
-                    dedup.insert(d, *expires_ms).map_err(err)?;
-                }
-                Op::Order { time_ms, rank, expires_ms, .. } => {
-                    order.insert(d, (*time_ms, *rank, *expires_ms)).map_err(err)?;
-                }
-                Op::PollJob { .. } | Op::Remove { .. } => {}
+        for (d, row) in &rows {
+            match row {
+                Row::Done(expires_ms) => dedup.insert(d, *expires_ms).map(drop),
+                Row::Order(value) => order.insert(d, *value).map(drop),
             }
+            .map_err(err)?;
             written.push(*d);
         }
         let mut expiry = txn.open_table(EXPIRY).map_err(err)?;
@@ -459,6 +464,7 @@ fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>, written: &mut Ve
                     sweep::remove(&mut dedup, &mut order, *now_ms, d, o)?;
                     sweep::purge_jobs(&mut jobs, &mut expiry, *now_ms)?;
                 }
+                // In `rows` above.
                 Op::Done { .. } | Op::Order { .. } => {}
             }
         }

@@ -9,19 +9,20 @@
 //! A fanout AE copies every message to every replica's private queue, so a replica counts only the messages
 //! it published itself: each publish notes its `message_id` (the event id) and source in [`Tracker`] before it
 //! is sent, and the observer counts a message only when it finds (and removes) its id there. The tracker keeps
-//! the most recent 32,768 to 65,536 ids, so a copy that arrives after that many later publishes is not counted. The count follows
-//! the `200 Stored` by the time the broker takes to deliver the copy (milliseconds).
+//! the most recent 32,768 to 65,536 ids, so a copy that arrives after that many later publishes is not counted.
+//! The count follows the `200 Stored` by the time the broker takes to deliver the copy (milliseconds).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::metrics::Metrics;
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ExchangeKind};
+
+use crate::metrics::Metrics;
 
 /// The private observer queue keeps at most this many messages (the oldest are dropped past it).
 pub const OBSERVER_MAX_LENGTH: i64 = 10_000;

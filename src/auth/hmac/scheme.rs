@@ -212,21 +212,9 @@ impl Custom {
         self.signed.iter().map(part).collect()
     }
 
-    fn render(&self, timestamp: &str, body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(body.len() + 32);
-        for part in &self.signed {
-            match part {
-                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
-                Part::Timestamp => out.extend_from_slice(timestamp.as_bytes()),
-                Part::Body => out.extend_from_slice(body),
-            }
-        }
-        out
-    }
-
     fn sign(&self, secret: &[u8], body: &[u8], now: i64) -> Vec<(String, String)> {
         let ts = now.to_string();
-        let tag = mac(secret, &self.render(&ts, body));
+        let tag = mac(secret, &self.parts(&ts, body).concat());
         let encoded = match self.encoding {
             Encoding::Hex => hex::encode(tag),
             Encoding::Base64 => B64.encode(tag),

@@ -1,7 +1,6 @@
 //! RabbitMQ side of the bench: the confirmed-publish ceilings (raw, and of the contract's message), the queue
-//! bound to the gateway's exchange
-//! that is drained and checked after each phase, and a TCP proxy in front of the broker that the spool
-//! scenario cuts.
+//! bound to the gateway's exchange that is drained and checked after each phase, and a TCP proxy in front of the
+//! broker that the spool scenario cuts.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -58,7 +57,7 @@ pub async fn ceiling(
     shape: Shape,
     traffic: impl Fn(u64) -> Traffic,
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let (conn, channels, dest) = raw_publisher(url, "ceiling", shape).await?;
+    let (conn, channels, dest) = publisher(url, "ceiling", shape).await?;
     let count = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
     let start = Instant::now();
@@ -102,7 +101,7 @@ pub async fn paced(
     duration: Duration,
     traffic: impl Fn(u64) -> Traffic,
 ) -> anyhow::Result<Histogram<u64>> {
-    let (conn, channels, dest) = raw_publisher(url, "paced", Shape::Raw).await?;
+    let (conn, channels, dest) = publisher(url, "paced", Shape::Raw).await?;
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
     let start = Instant::now() + Duration::from_millis(50);
     let total = rate.saturating_mul(duration.as_millis() as u64) / 1000;
@@ -129,7 +128,7 @@ pub async fn paced(
 
 /// A connection with [`CHANNELS`] confirm channels and a durable classic queue of its own (behind a topic
 /// exchange of its own for [`Shape::Contract`]).
-async fn raw_publisher(url: &str, what: &str, shape: Shape) -> anyhow::Result<(Connection, Vec<lapin::Channel>, Dest)> {
+async fn publisher(url: &str, what: &str, shape: Shape) -> anyhow::Result<(Connection, Vec<lapin::Channel>, Dest)> {
     let conn = connect(url).await?;
     let queue = format!("hookgate-bench-{what}-{}", std::process::id());
     let mut channels = Vec::new();
@@ -155,7 +154,7 @@ async fn raw_publisher(url: &str, what: &str, shape: Shape) -> anyhow::Result<(C
     Ok((conn, channels, dest))
 }
 
-/// Deletes what [`raw_publisher`] declared.
+/// Deletes what [`publisher`] declared.
 async fn remove(ch: &lapin::Channel, dest: &Dest) {
     let _ = ch.queue_delete(dest.queue.as_str().into(), QueueDeleteOptions::default()).await;
     if let Some(x) = &dest.exchange {
@@ -203,7 +202,8 @@ async fn publish_confirmed(ch: &lapin::Channel, dest: &Dest, d: &Delivery) -> bo
     }
 }
 
-fn micros(d: Duration) -> u64 {
+/// Microseconds for a histogram (at least 1).
+pub fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 

@@ -281,7 +281,7 @@ impl Worker {
         }
         match self.conn.exchange(d, xff.as_deref()).await {
             Ok(a) => {
-                let micros = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+                let micros = crate::broker::micros(due.elapsed());
                 let _ = self.tally.hist.record(micros.min(120_000_000));
                 self.tally.answered += 1;
                 *self.tally.statuses.entry(a.status).or_default() += 1;
