@@ -4,7 +4,9 @@
 //! # Invariants
 //!
 //! - Every write goes through one writer thread that commits batches: all writes waiting when a commit starts
-//!   share it (group commit) and each commit is fsynced (`Durability::Immediate`) before any waiter is told.
+//!   share it (group commit) and each commit is fsynced before any waiter is told. Its dedup and order rows go
+//!   to the record log ([`log`], `state.log.<n>`), are answered from memory ([`memory`]) and are folded into the
+//!   tables later in sorted commits; its other writes are a commit to the file (`Durability::Immediate`).
 //! - Keys are `<source>\u{1f}<id or subject>` (the unit separator cannot appear in a source name), stored as
 //!   their [`Digest`]: the first 16 bytes of their SHA-256. Fixed-width rows keep the index small on disk
 //!   (`docs/benchmarks.md`: under 100 bytes per event with its order row); a collision of two ids (about 2^-64
@@ -22,27 +24,36 @@
 //! - No tokio worker touches the file: writes go to the writer thread over a bounded channel, and the request
 //!   path reads through [`State::lookup_done`] / [`State::lookup_order`] (`spawn_blocking`). redb takes no lock
 //!   a reader needs while a commit fsyncs.
-//! - Those lookups first ask [`filter`] (in memory) whether the file may hold the digest at all: for an id or
-//!   subject never stored, the answer comes without a read.
-//! - redb's page cache is bounded by `storage.cache_bytes`, the filter by `storage.filter_bytes`.
+//! - Those lookups first ask the record log's rows in memory (newest first), then [`filter`] (in memory)
+//!   whether the file may hold the digest at all: for an id or subject never stored, the answer comes without a
+//!   read. A folded row enters the filter after its commit and leaves memory after that.
+//! - redb's page cache is bounded by `storage.cache_bytes`, the filter by `storage.filter_bytes`, the rows in
+//!   memory by two generations of at most [`memory::MAX_FOLD_ROWS`] rows.
 //!
-//! Layout: [`sweep`] is the purge (and rebuilds the filter of each slice it scans); [`filter`] the in-memory
+//! Layout: [`writer`] the writer thread and its commits; [`log`] the record log's files; [`memory`] its rows
+//! until folded; [`sweep`] the purge (and rebuilds the filter of each slice it scans); [`filter`] the in-memory
 //! filter, built by a thread of its own at start.
 
 pub mod filter;
+mod log;
+mod memory;
 mod sweep;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use self::filter::Filter;
+use self::log::{Log, Replayed};
+use self::memory::Memory;
+use self::writer::{Row, Writer};
 
 /// The stored form of a key.
 pub type Digest = [u8; 16];
@@ -58,8 +69,8 @@ const QUEUE: usize = 4096;
 /// Most writes in one commit (each delivery's record is one write: a commit holds at most this many records).
 pub const BATCH: usize = 512;
 /// A group smaller than [`LINGER_BELOW`] waits this long for more writes before it commits: a commit is an
-/// fsync and a rewrite of the tree's path pages whatever it holds, and the writer thread was a fifth of the
-/// gateway's CPU at a few records per commit. The cost: a record becomes durable up to this much later (answers
+/// fsync whatever it holds (and, before the record log, a rewrite of the tree's path pages: the writer thread
+/// was a fifth of the gateway's CPU at a few records per commit). The cost: a record becomes durable up to this much later (answers
 /// do not wait for dedup records; see docs/delivery-semantics.md).
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// Groups at least this large commit at once.
@@ -133,6 +144,8 @@ pub struct State {
     next_slice: Arc<AtomicUsize>,
     /// Which digests the file may hold.
     filter: Arc<Filter>,
+    /// The rows in the record log not yet folded into the file.
+    memory: Arc<Mutex<Memory>>,
     /// Reads of the file by [`State::lookup_done`] and [`State::lookup_order`] (for the tests).
     #[cfg(test)]
     pub(crate) reads: Arc<AtomicUsize>,
@@ -166,15 +179,14 @@ impl State {
         txn.open_table(POLL_JOBS).map_err(err)?;
         txn.commit().map_err(err)?;
         convert_old_tables(&db)?;
+        let Replayed { log, active, frozen } = Log::open(data_dir)?;
+        let memory = Arc::new(Mutex::new(Memory { active, frozen }));
         let filter = Arc::new(Filter::new(filter_bytes));
         let (requests, rebuilds) = std::sync::mpsc::channel();
         filter.requests_to(requests);
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (writer_db, writer_filter) = (db.clone(), filter.clone());
-        std::thread::Builder::new()
-            .name("hookgate-state".into())
-            .spawn(move || writer(&writer_db, &writer_filter, rx))
-            .map_err(err)?;
+        let mut writer = Writer::new(db.clone(), filter.clone(), memory.clone(), log)?;
+        std::thread::Builder::new().name("hookgate-state".into()).spawn(move || writer.run(rx)).map_err(err)?;
         let (weak_db, weak_filter) = (Arc::downgrade(&db), Arc::downgrade(&filter));
         std::thread::Builder::new()
             .name("hookgate-filter".into())
@@ -185,6 +197,7 @@ impl State {
             tx,
             next_slice: Arc::default(),
             filter,
+            memory,
             #[cfg(test)]
             reads: Arc::default(),
         })
@@ -224,38 +237,67 @@ impl State {
         let _ = self.tx.try_send(Job { ops, done: None });
     }
 
-    /// [`State::done_until`] off the runtime (a read that misses redb's cache goes to the disk), unless the
-    /// filter knows the file has no such row.
+    /// [`State::done_until`]: from memory when the record log holds the row, else off the runtime (a read that
+    /// misses redb's cache goes to the disk), unless the filter knows the file has no such row.
     ///
     /// # Errors
     /// The read failed.
     pub async fn lookup_done(&self, key: &str) -> Result<Option<u64>, StateError> {
-        if !self.filter.may_hold(&digest(key)) {
+        let d = digest(key);
+        if let Some(expires_ms) = self.memory().done(&d) {
+            return Ok(Some(expires_ms));
+        }
+        if !self.filter.may_hold(&d) {
             return Ok(None);
         }
-        let (this, key) = (self.clone(), key.to_string());
+        let this = self.clone();
         #[cfg(test)]
         self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || this.done_until(&key)).await.map_err(err)?
+        tokio::task::spawn_blocking(move || this.file_done(&d)).await.map_err(err)?
     }
 
-    /// [`State::order_of`] off the runtime, unless the filter knows the file has no such row.
+    /// [`State::order_of`]: from memory, else off the runtime unless the filter knows the file has no such row.
     ///
     /// # Errors
     /// The read failed.
     pub async fn lookup_order(&self, key: &str) -> Result<Option<(i64, u8, u64)>, StateError> {
-        if !self.filter.may_hold(&digest(key)) {
+        let d = digest(key);
+        if let Some(row) = self.memory().order(&d) {
+            return Ok(Some(row));
+        }
+        if !self.filter.may_hold(&d) {
             return Ok(None);
         }
-        let (this, key) = (self.clone(), key.to_string());
+        let this = self.clone();
         #[cfg(test)]
         self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tokio::task::spawn_blocking(move || this.order_of(&key)).await.map_err(err)?
+        tokio::task::spawn_blocking(move || this.file_order(&d)).await.map_err(err)?
+    }
+
+    fn memory(&self) -> MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bytes the filter takes now.
     pub fn filter_bytes(&self) -> u64 {
         self.filter.bytes()
+    }
+
+    /// Waits until the record log's rows are all folded into the file (tests: a generation is frozen once it
+    /// holds 64 rows).
+    #[cfg(test)]
+    pub(crate) async fn folded(&self) {
+        for _ in 0..2000 {
+            let held = {
+                let memory = self.memory();
+                memory.active.len() + memory.frozen.len()
+            };
+            if held == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        panic!("the record log's rows were not folded within 10 s");
     }
 
     /// Waits until the filter thread has built every slot (tests).
@@ -271,9 +313,11 @@ impl State {
     /// # Errors
     /// The read failed.
     pub fn done_until(&self, key: &str) -> Result<Option<u64>, StateError> {
-        let txn = self.db.begin_read().map_err(err)?;
-        let table = txn.open_table(DEDUP).map_err(err)?;
-        Ok(table.get(digest(key)).map_err(err)?.map(|v| v.value()))
+        let d = digest(key);
+        match self.memory().done(&d) {
+            Some(expires_ms) => Ok(Some(expires_ms)),
+            None => self.file_done(&d),
+        }
     }
 
     /// The stored (max time ms, max rank, expiry ms) of a subject. Blocking.
@@ -281,9 +325,25 @@ impl State {
     /// # Errors
     /// The read failed.
     pub fn order_of(&self, key: &str) -> Result<Option<(i64, u8, u64)>, StateError> {
+        let d = digest(key);
+        match self.memory().order(&d) {
+            Some(row) => Ok(Some(row)),
+            None => self.file_order(&d),
+        }
+    }
+
+    /// A done row in the file (not in memory: a row the record log holds is newer). Blocking.
+    fn file_done(&self, d: &Digest) -> Result<Option<u64>, StateError> {
+        let txn = self.db.begin_read().map_err(err)?;
+        let table = txn.open_table(DEDUP).map_err(err)?;
+        Ok(table.get(d).map_err(err)?.map(|v| v.value()))
+    }
+
+    /// An order row in the file. Blocking.
+    fn file_order(&self, d: &Digest) -> Result<Option<(i64, u8, u64)>, StateError> {
         let txn = self.db.begin_read().map_err(err)?;
         let table = txn.open_table(ORDER).map_err(err)?;
-        Ok(table.get(digest(key)).map_err(err)?.map(|v| v.value()))
+        Ok(table.get(d).map_err(err)?.map(|v| v.value()))
     }
 
     /// The record of one polling job.
@@ -391,87 +451,6 @@ fn take_waiting<T>(rx: &mut mpsc::Receiver<T>, jobs: &mut Vec<T>, max: usize) {
     }
 }
 
-fn writer(db: &Database, filter: &Filter, mut rx: mpsc::Receiver<Job>) {
-    while let Some(mut jobs) = next_batch(&mut rx, BATCH) {
-        if jobs.len() < LINGER_BELOW {
-            std::thread::sleep(LINGER);
-            take_waiting(&mut rx, &mut jobs, BATCH);
-        }
-        let mut written = Vec::new();
-        let result = commit(db, jobs.iter().flat_map(|j| j.ops.iter()), &mut written);
-        // Committed rows enter the filter before anyone is told (see `filter`'s invariants).
-        if result.is_ok() {
-            written.iter().for_each(|d| filter.add(d));
-        }
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "state commit failed");
-        }
-        for job in jobs {
-            if let Some(done) = job.done {
-                done.send(result.clone());
-            }
-        }
-    }
-}
-
-/// A dedup or order row as a commit writes it.
-enum Row {
-    Done(u64),
-    Order((i64, u8, u64)),
-}
-
-/// Applies `ops` in one durable commit; `written` receives the digests of the dedup and order rows it wrote.
-///
-/// The rows go in in digest order (a stable sort: two writes of one key keep their order), so the inserts of a
-/// commit walk the tree once from left to right instead of jumping between random leaves. The other writes keep
-/// their place after them: a purge's removal re-checks expiry row by row, so a row written in the same commit
-/// with a later expiry is kept whichever comes first.
-fn commit<'a>(db: &Database, ops: impl Iterator<Item = &'a Op>, written: &mut Vec<Digest>) -> Result<(), StateError> {
-    let mut rows = Vec::new();
-    let mut others = Vec::new();
-    for op in ops {
-        match op {
-            Op::Done { key, expires_ms } => rows.push((digest(key), Row::Done(*expires_ms))),
-            Op::Order { key, time_ms, rank, expires_ms } => {
-                rows.push((digest(key), Row::Order((*time_ms, *rank, *expires_ms))));
-            }
-            Op::PollJob { .. } | Op::Remove { .. } => others.push(op),
-        }
-    }
-    rows.sort_by_key(|(d, _)| *d);
-    let mut txn = db.begin_write().map_err(err)?;
-    txn.set_durability(Durability::Immediate);
-    {
-        let mut dedup = txn.open_table(DEDUP).map_err(err)?;
-        let mut order = txn.open_table(ORDER).map_err(err)?;
-        for (d, row) in &rows {
-            match row {
-                Row::Done(expires_ms) => dedup.insert(d, *expires_ms).map(drop),
-                Row::Order(value) => order.insert(d, *value).map(drop),
-            }
-            .map_err(err)?;
-            written.push(*d);
-        }
-        let mut expiry = txn.open_table(EXPIRY).map_err(err)?;
-        let mut jobs = txn.open_table(POLL_JOBS).map_err(err)?;
-        for op in others {
-            match op {
-                Op::PollJob { key, record, expires_ms } => {
-                    jobs.insert(key.as_str(), (*expires_ms, record.as_slice())).map_err(err)?;
-                    expiry.insert((*expires_ms, format!("p{key}").as_str()), ()).map_err(err)?;
-                }
-                Op::Remove { now_ms, dedup: d, order: o } => {
-                    sweep::remove(&mut dedup, &mut order, *now_ms, d, o)?;
-                    sweep::purge_jobs(&mut jobs, &mut expiry, *now_ms)?;
-                }
-                // In `rows` above.
-                Op::Done { .. } | Op::Order { .. } => {}
-            }
-        }
-    }
-    txn.commit().map_err(err)
-}
-
 type Table<'t, K, V> = redb::Table<'t, K, V>;
 
 /// The filter thread: builds every slot from the file (those the purge has not built first), then rebuilds the
@@ -504,13 +483,28 @@ pub fn now_ms() -> u64 {
     u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
 }
 
-/// Rows in the dedup and order tables (for the benchmark and tests).
+/// Distinct dedup and order rows stored, in the file or the record log (for the benchmark and tests).
 ///
 /// # Errors
 /// The read failed.
 pub fn rows(state: &State) -> Result<(u64, u64), StateError> {
+    let (mut dedup, mut order) = state.memory().active.digests();
+    let (frozen_dedup, frozen_order) = state.memory().frozen.digests();
+    dedup.extend(frozen_dedup);
+    order.extend(frozen_order);
+    dedup.sort_unstable();
+    dedup.dedup();
+    order.sort_unstable();
+    order.dedup();
     let txn = state.db.begin_read().map_err(err)?;
-    let d = txn.open_table(DEDUP).map_err(err)?.len().map_err(err)?;
-    let o = txn.open_table(ORDER).map_err(err)?.len().map_err(err)?;
+    let (dt, ot) = (txn.open_table(DEDUP).map_err(err)?, txn.open_table(ORDER).map_err(err)?);
+    let mut d = dt.len().map_err(err)?;
+    let mut o = ot.len().map_err(err)?;
+    for k in &dedup {
+        d += u64::from(dt.get(k).map_err(err)?.is_none());
+    }
+    for k in &order {
+        o += u64::from(ot.get(k).map_err(err)?.is_none());
+    }
     Ok((d, o))
 }

@@ -69,11 +69,14 @@ async fn each_purge_sweeps_one_slice_and_a_round_sweeps_them_all() {
     let dir = tempfile::tempdir().unwrap();
     let s = State::open(dir.path()).unwrap();
     let now = now_ms();
-    // More expired rows than one removal commit holds, in both tables.
+    // More rows than one removal commit holds, in both tables, folded into the file, then expired.
     let n = 40 * sweep::REMOVE_CHUNK as u64;
-    let done = (0..n).map(|i| Op::Done { key: format!("a\u{1f}{i}"), expires_ms: now - 1 });
-    let order = (0..n / 4).map(|i| Op::Order { key: format!("a\u{1f}s{i}"), time_ms: 1, rank: 0, expires_ms: now - 1 });
+    let done = (0..n).map(|i| Op::Done { key: format!("a\u{1f}{i}"), expires_ms: now + 60_000 });
+    let order =
+        (0..n / 4).map(|i| Op::Order { key: format!("a\u{1f}s{i}"), time_ms: 1, rank: 0, expires_ms: now + 60_000 });
     s.write(done.chain(order).collect()).await.unwrap();
+    s.folded().await;
+    let now = now + 60_000;
     s.purge(now).await.unwrap();
     let (d, o) = rows(&s).unwrap();
     // Slice 0 of 32 holds about 1/32 of the (uniform) digests: 5,120 dedup rows give or take a few hundred.
@@ -160,12 +163,20 @@ async fn a_lookup_of_a_key_never_stored_reads_nothing_once_the_filter_is_built()
     let dir = tempfile::tempdir().unwrap();
     let s = State::open(dir.path()).unwrap();
     let now = now_ms();
-    s.write(vec![
-        Op::Done { key: "a\u{1f}1".into(), expires_ms: now + 60_000 },
-        Op::Order { key: "a\u{1f}tx".into(), time_ms: 5, rank: 2, expires_ms: now + 60_000 },
-    ])
+    let others = (0..100).map(|i| Op::Done { key: format!("a\u{1f}other-{i}"), expires_ms: now + 60_000 });
+    s.write(
+        [
+            Op::Done { key: "a\u{1f}1".into(), expires_ms: now + 60_000 },
+            Op::Order { key: "a\u{1f}tx".into(), time_ms: 5, rank: 2, expires_ms: now + 60_000 },
+        ]
+        .into_iter()
+        .chain(others)
+        .collect(),
+    )
     .await
     .unwrap();
+    // In the file, not only in the record log (whose rows are answered from memory).
+    s.folded().await;
     s.filter_built().await;
     let reads = || s.reads.load(std::sync::atomic::Ordering::Relaxed);
     for i in 0..1000 {
@@ -202,9 +213,14 @@ async fn every_stored_row_is_in_the_filter_whenever_it_was_committed() {
     }
     s.filter_built().await;
     s.write(done(16_000..20_000)).await.unwrap();
-    let missing = |s: &State| (0..20_000).filter(|i| !s.filter.may_hold(&digest(&key(*i)))).count();
+    // A row is in the record log (answered from memory) or in the file and then in the filter.
+    let visible = |s: &State, d: &Digest| s.memory().done(d).is_some() || s.filter.may_hold(d);
+    let missing = |s: &State| (0..20_000).filter(|i| !visible(s, &digest(&key(*i)))).count();
     assert_eq!(missing(&s), 0);
-    assert!(s.filter_bytes() > 32 * 1024, "slots grew past their first size: {} bytes", s.filter_bytes());
+    s.folded().await;
+    assert_eq!(missing(&s), 0, "once the record log is folded into the file");
+    // First size: 32 slots of 4,096 bits (16 KiB).
+    assert!(s.filter_bytes() > 24 * 1024, "slots grew past their first size: {} bytes", s.filter_bytes());
     s.purge_all(now_ms()).await.unwrap();
     assert_eq!(missing(&s), 0, "after the purge rebuilt every slot");
     for i in [0, 9_999, 19_999] {
@@ -225,4 +241,70 @@ async fn the_filter_stays_under_its_configured_bytes() {
     s.purge_all(now).await.unwrap();
     assert!(s.filter_bytes() <= 1 << 16, "{} bytes", s.filter_bytes());
     assert_eq!(s.lookup_done("a\u{1f}7").await.unwrap(), Some(now + 60_000));
+}
+
+/// The record log (`log.rs`): a group commit's rows are appended to `state.log.<n>` and answered from memory,
+/// and reach `state.redb` only when their generation is folded — in one sorted pass for many rows, not a leaf
+/// rewrite per row. Before it, every group commit wrote its rows into the file.
+#[tokio::test]
+async fn rows_are_logged_first_and_folded_into_the_file_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path()).unwrap();
+    let now = now_ms();
+    let key = |i: u64| format!("a\u{1f}{i}");
+    let done = |range: std::ops::Range<u64>| {
+        range.map(|i| Op::Done { key: key(i), expires_ms: now + 60_000 }).collect::<Vec<_>>()
+    };
+    s.write(done(0..10)).await.unwrap();
+    assert_eq!(writer::tree_rows(&s.db).unwrap(), 0, "nothing in the file yet");
+    assert_eq!(rows(&s).unwrap(), (10, 0));
+    assert!(log::path(dir.path(), 1).exists());
+    assert_eq!(s.lookup_done(&key(3)).await.unwrap(), Some(now + 60_000));
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // After a restart the log is read back: the rows are answered as before.
+    let s = State::open(dir.path()).unwrap();
+    assert_eq!(s.done_until(&key(9)).unwrap(), Some(now + 60_000));
+    // Past the fold size (64 rows in tests) the generation is frozen, folded, and its file deleted.
+    s.write(done(10..100)).await.unwrap();
+    s.folded().await;
+    assert_eq!(writer::tree_rows(&s.db).unwrap(), 100);
+    assert!(!log::path(dir.path(), 1).exists(), "the folded file is deleted");
+    assert!(log::path(dir.path(), 2).exists(), "a new file takes the next rows");
+    for i in [0, 50, 99] {
+        assert_eq!(s.lookup_done(&key(i)).await.unwrap(), Some(now + 60_000));
+    }
+}
+
+/// A stop in the middle of a fold leaves the frozen file: the next start folds it again (the same values), and a
+/// newer row of the same key, in the newest file, is the one answered — and the one the file ends up with.
+#[tokio::test]
+async fn a_fold_cut_short_is_finished_after_a_restart_and_the_newest_row_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let k = digest("a\u{1f}k");
+    {
+        let mut log = log::Log::open(dir.path()).unwrap().log;
+        let others: Vec<_> = (0..20u64).map(|i| (digest(&format!("a\u{1f}{i}")), Row::Done(now + 1_000))).collect();
+        log.append(&[(k, Row::Done(now + 10_000))]).unwrap();
+        log.append(&others).unwrap();
+        log.rotate().unwrap();
+        log.append(&[(k, Row::Done(now + 20_000))]).unwrap();
+    }
+    let s = State::open(dir.path()).unwrap();
+    for _ in 0..2000 {
+        if !log::path(dir.path(), 1).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!log::path(dir.path(), 1).exists(), "the frozen file was folded and deleted");
+    assert_eq!(s.file_done(&k).unwrap(), Some(now + 10_000), "the frozen row is in the file");
+    assert_eq!(s.done_until("a\u{1f}k").unwrap(), Some(now + 20_000), "the newest row is answered");
+    assert_eq!(s.done_until("a\u{1f}7").unwrap(), Some(now + 1_000));
+    s.write((0..100).map(|i| Op::Done { key: format!("a\u{1f}n{i}"), expires_ms: now + 60_000 }).collect())
+        .await
+        .unwrap();
+    s.folded().await;
+    assert_eq!(s.file_done(&k).unwrap(), Some(now + 20_000), "the newest row reached the file last");
 }
