@@ -363,6 +363,17 @@ async fn grow_index(data_dir: &Path, n: u64, run: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Bytes of the dedup index on disk: `state.redb` and the record log's files (`state.log.<n>`).
+fn state_bytes(data: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(data) else { return 0 };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n == "state.redb" || n.starts_with("state.log.")))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 async fn index(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
     let mut rows = vec![];
     for n in [0, ctx.args.index_events] {
@@ -371,7 +382,7 @@ async fn index(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         if n > 0 {
             grow_index(&data, n, ctx.run).await?;
         }
-        let before_bytes = std::fs::metadata(data.join("state.redb")).map(|m| m.len()).unwrap_or(0);
+        let before_bytes = state_bytes(&data);
         let (g, drain) = up(ctx, &setup).await?;
         let start_rss = ProcStats::read(g.pid()).rss;
         let load = Load {
@@ -384,7 +395,7 @@ async fn index(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         let label = format!("index {n}");
         let (mut row, tally) =
             phase(&g, &label, Transport::Plain, &load, ctx.traffic(ctx.args.retry_share, 0.0)).await?;
-        let after = std::fs::metadata(data.join("state.redb")).map(|m| m.len()).unwrap_or(0);
+        let after = state_bytes(&data);
         let events = n + tally.stored;
         row.note("rss_at_ready_MiB", format!("{:.1}", start_rss as f64 / 1048576.0));
         row.note("state_MB", format!("{:.1}", after as f64 / 1e6));
