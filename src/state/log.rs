@@ -43,6 +43,8 @@ pub(super) struct Log {
     len: u64,
     /// Whether bytes past `len` may be there (a failed append).
     torn: bool,
+    /// Rows in the newest file, repeats of a key included (what its size follows).
+    rows: u64,
     /// The older files, whose rows are the frozen generation.
     folding: Vec<u64>,
     /// The next frame's sequence number.
@@ -91,7 +93,7 @@ impl Log {
             read(&path(dir, *n), &mut frozen)?;
         }
         let mut active = Rows::default();
-        let len = read(&path(dir, newest), &mut active)?;
+        let (len, rows) = read(&path(dir, newest), &mut active)?;
         let file = crate::private_fs::file_options().write(true).open(path(dir, newest)).map_err(err)?;
         file.set_len(len).map_err(err)?;
         let log = Log {
@@ -100,6 +102,7 @@ impl Log {
             number: newest,
             len,
             torn: false,
+            rows,
             folding: numbers,
             seq: 0,
             buf: Vec::new(),
@@ -129,7 +132,13 @@ impl Log {
         self.file.sync_data().map_err(err)?;
         self.torn = false;
         self.len += self.buf.len() as u64;
+        self.rows += rows.len() as u64;
         Ok(())
+    }
+
+    /// Rows appended to the newest file (a key written twice counts twice).
+    pub(super) fn rows(&self) -> u64 {
+        self.rows
     }
 
     /// Starts a new file; the current one's rows become the frozen generation.
@@ -140,7 +149,7 @@ impl Log {
         let number = create(&self.dir, self.number + 1)?;
         let file = crate::private_fs::file_options().write(true).open(path(&self.dir, number)).map_err(err)?;
         self.folding.push(self.number);
-        (self.file, self.number, self.len, self.torn) = (file, number, MAGIC.len() as u64, false);
+        (self.file, self.number, self.len, self.torn, self.rows) = (file, number, MAGIC.len() as u64, false, 0);
         Ok(())
     }
 
@@ -170,22 +179,21 @@ fn create(dir: &Path, number: u64) -> Result<u64, StateError> {
     Ok(number)
 }
 
-/// Adds the rows of the file at `p` to `into` and returns its length up to its last whole frame.
-fn read(p: &Path, into: &mut Rows) -> Result<u64, StateError> {
+/// Adds the rows of the file at `p` to `into`; returns its length up to its last whole frame and the rows read.
+fn read(p: &Path, into: &mut Rows) -> Result<(u64, u64), StateError> {
     let mut bytes = Vec::new();
     File::open(p).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(err)?;
     if bytes.get(..MAGIC.len()) != Some(MAGIC.as_slice()) {
         return Err(StateError(format!("{} is not a state record log", p.display())));
     }
-    let mut at = MAGIC.len();
+    let (mut at, mut rows) = (MAGIC.len(), 0);
     while let Some((_, payload, used)) = bytes.get(at..).and_then(unframe) {
         // A frame whose rows do not decode was not written by us: its checksum held, so stop here as if torn.
-        if !decode(payload, into) {
-            break;
-        }
+        let Some(n) = decode(payload, into) else { break };
         at += used;
+        rows += n;
     }
-    Ok(at as u64)
+    Ok((at as u64, rows))
 }
 
 fn encode(out: &mut Vec<u8>, d: &Digest, row: &Row) {
@@ -205,8 +213,8 @@ fn encode(out: &mut Vec<u8>, d: &Digest, row: &Row) {
     }
 }
 
-/// Adds the rows of one frame to `into`; `false` (and nothing added) when they do not decode.
-fn decode(mut payload: &[u8], into: &mut Rows) -> bool {
+/// Adds the rows of one frame to `into` and returns how many; `None` (and nothing added) when they do not decode.
+fn decode(mut payload: &[u8], into: &mut Rows) -> Option<u64> {
     let mut rows = Vec::new();
     while let Some((&tag, rest)) = payload.split_first() {
         let (row, used) = match tag {
@@ -215,15 +223,16 @@ fn decode(mut payload: &[u8], into: &mut Rows) -> bool {
                 let time = i64::from_le_bytes(rest[16..24].try_into().unwrap_or_default());
                 (Row::Order((time, rest[24], le_u64(&rest[25..33]))), 33)
             }
-            _ => return false,
+            _ => return None,
         };
         let mut d = [0u8; 16];
         d.copy_from_slice(&rest[..16]);
         rows.push((d, row));
         payload = &rest[used..];
     }
+    let n = rows.len() as u64;
     rows.into_iter().for_each(|(d, row)| into.insert(d, row));
-    true
+    Some(n)
 }
 
 fn le_u64(b: &[u8]) -> u64 {

@@ -308,3 +308,25 @@ async fn a_fold_cut_short_is_finished_after_a_restart_and_the_newest_row_wins() 
     s.folded().await;
     assert_eq!(s.file_done(&k).unwrap(), Some(now + 20_000), "the newest row reached the file last");
 }
+
+/// The log's file grows with every row appended, repeats of a key too (an order row is written again for each
+/// event of its subject): it is rotated and folded by the rows it holds, not only by the distinct keys in memory.
+#[tokio::test]
+async fn a_key_written_again_and_again_still_rotates_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path()).unwrap();
+    let now = now_ms();
+    for time_ms in 0..2 {
+        let ops =
+            (0..50).map(|_| Op::Order { key: "a\u{1f}card-1".into(), time_ms, rank: 0, expires_ms: now + 60_000 });
+        s.write(ops.collect()).await.unwrap();
+    }
+    for _ in 0..2000 {
+        if !log::path(dir.path(), 1).exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!log::path(dir.path(), 1).exists(), "100 rows of one key rotate the file (64 rows in tests)");
+    assert_eq!(s.file_order(&digest("a\u{1f}card-1")).unwrap(), Some((1, 0, now + 60_000)), "folded");
+}

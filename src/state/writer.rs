@@ -68,7 +68,8 @@ impl Writer {
                     done.send(result.clone());
                 }
             }
-            self.fold_next();
+            // A failure is logged and the fold tried again after the next group.
+            let _ = self.fold_next();
         }
     }
 
@@ -86,7 +87,9 @@ impl Writer {
                     take_waiting(rx, &mut jobs, BATCH);
                     return Some(jobs);
                 }
-                Err(mpsc::error::TryRecvError::Empty) => self.fold_next(),
+                // A fold that fails waits for the next job before it is tried again (no busy loop).
+                Err(mpsc::error::TryRecvError::Empty) if !self.fold_next() => return next_batch(rx, BATCH),
+                Err(mpsc::error::TryRecvError::Empty) => {}
                 Err(mpsc::error::TryRecvError::Disconnected) => return None,
             }
         }
@@ -137,9 +140,10 @@ impl Writer {
         Ok(())
     }
 
-    /// Freezes the active generation once it is large enough and the last one is folded.
+    /// Freezes the active generation once its file holds enough rows (repeats of a key count: the file grows with
+    /// them) and the last one is folded.
     fn freeze_if_full(&mut self) {
-        if self.next_fold.is_some() || self.memory().active.len() < fold_rows(self.tree_rows) {
+        if self.next_fold.is_some() || self.log.rows() < fold_rows(self.tree_rows) {
             return;
         }
         if let Err(error) = self.log.rotate() {
@@ -153,9 +157,9 @@ impl Writer {
     }
 
     /// Folds the next slices of the frozen generation into the tree in one commit; after the last, deletes its
-    /// log files.
-    fn fold_next(&mut self) {
-        let Some(first) = self.next_fold else { return };
+    /// log files. `false` when the commit failed (the slices stay in memory and are tried again).
+    fn fold_next(&mut self) -> bool {
+        let Some(first) = self.next_fold else { return true };
         let slices = first..(first + slices_per_commit(self.tree_rows)).min(SLICES);
         let rows = self.memory().frozen.slices(slices.clone(), now_ms());
         if !rows.is_empty() {
@@ -164,14 +168,14 @@ impl Writer {
                 Ok(written) => written.iter().for_each(|d| self.filter.add(d)),
                 Err(error) => {
                     tracing::error!(%error, first, "state fold failed; tried again after the next commit");
-                    return;
+                    return false;
                 }
             }
         }
         self.memory().frozen.clear(slices.clone());
         if slices.end < SLICES {
             self.next_fold = Some(slices.end);
-            return;
+            return true;
         }
         self.log.folded();
         self.next_fold = None;
@@ -179,6 +183,7 @@ impl Writer {
             Ok(rows) => self.tree_rows = rows,
             Err(error) => tracing::warn!(%error, "state: rows not counted; the fold sizes stay"),
         }
+        true
     }
 }
 
