@@ -1,5 +1,6 @@
 //! The embedded state database (`<data_dir>/state.redb`, redb): the dedup index, the per-subject order
-//! state and the polling jobs. The spool is not in here: it is its own append-only log (see `docs/architecture.md`, "Storage").
+//! state and the polling jobs. The spool is not in here: it is its own append-only log (see
+//! `docs/architecture.md`, "Storage").
 //!
 //! # Invariants
 //!
@@ -70,8 +71,8 @@ const QUEUE: usize = 4096;
 pub const BATCH: usize = 512;
 /// A group smaller than [`LINGER_BELOW`] waits this long for more writes before it commits: a commit is an
 /// fsync whatever it holds (and, before the record log, a rewrite of the tree's path pages: the writer thread
-/// was a fifth of the gateway's CPU at a few records per commit). The cost: a record becomes durable up to this much later (answers
-/// do not wait for dedup records; see docs/delivery-semantics.md).
+/// was a fifth of the gateway's CPU at a few records per commit). The cost: a record becomes durable up to this
+/// much later (answers do not wait for dedup records; see docs/delivery-semantics.md).
 pub const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
 /// Groups at least this large commit at once.
 const LINGER_BELOW: usize = 64;
