@@ -330,3 +330,40 @@ async fn a_key_written_again_and_again_still_rotates_the_log() {
     assert!(!log::path(dir.path(), 1).exists(), "100 rows of one key rotate the file (64 rows in tests)");
     assert_eq!(s.file_order(&digest("a\u{1f}card-1")).unwrap(), Some((1, 0, now + 60_000)), "folded");
 }
+
+/// A row is found by a lookup at every moment while it moves from the record log's memory into the file: a
+/// reader that looks up every acknowledged key, over and over while writes freeze and fold generation after
+/// generation (64 rows each in tests), never misses one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_never_misses_a_row_while_it_is_folded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = State::open(dir.path()).unwrap();
+    let now = now_ms();
+    let acked = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (s, acked) = (s.clone(), acked.clone());
+        tokio::spawn(async move {
+            let mut lookups = 0u64;
+            while acked.load(std::sync::atomic::Ordering::Acquire) < 3_000 {
+                let upto = acked.load(std::sync::atomic::Ordering::Acquire);
+                for i in (0..upto).rev().take(200) {
+                    let found = s.lookup_done(&format!("a\u{1f}{i}")).await.unwrap();
+                    assert_eq!(found, Some(now + 60_000), "row {i} of {upto} acknowledged was missed");
+                    lookups += 1;
+                }
+                tokio::task::yield_now().await;
+            }
+            lookups
+        })
+    };
+    for chunk in 0..30 {
+        let ops =
+            (chunk * 100..chunk * 100 + 100).map(|i| Op::Done { key: format!("a\u{1f}{i}"), expires_ms: now + 60_000 });
+        s.write(ops.collect()).await.unwrap();
+        acked.store(chunk * 100 + 100, std::sync::atomic::Ordering::Release);
+    }
+    let lookups = reader.await.unwrap();
+    assert!(lookups > 1_000, "the reader ran alongside the folds ({lookups} lookups)");
+    s.folded().await;
+    assert_eq!(writer::tree_rows(&s.db).unwrap(), 3_000);
+}
