@@ -180,6 +180,11 @@ impl Dedup {
         }
     }
 
+    /// Rows of the state's record log not yet folded into its file.
+    pub fn log_rows(&self) -> u64 {
+        self.inner.state.log_rows()
+    }
+
     /// Bytes of the state's in-memory filter now.
     pub fn filter_bytes(&self) -> u64 {
         self.inner.state.filter_bytes()

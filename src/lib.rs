@@ -357,7 +357,8 @@ async fn watch_state(state: State, shutdown: CancellationToken) {
     }
 }
 
-/// Every minute: one slice of the index purged (and its filter rebuilt), and the filter's size reported.
+/// Every minute: one slice of the index purged (and its filter rebuilt), and the filter's size and the record
+/// log's rows reported.
 async fn purge_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
     loop {
@@ -366,6 +367,8 @@ async fn purge_loop(gateway: Arc<Gateway>, shutdown: CancellationToken) {
                 gateway.dedup.purge().await;
                 let bytes = i64::try_from(gateway.dedup.filter_bytes()).unwrap_or(i64::MAX);
                 gateway.metrics.state_filter_bytes.set(bytes);
+                let rows = i64::try_from(gateway.dedup.log_rows()).unwrap_or(i64::MAX);
+                gateway.metrics.state_log_rows.set(rows);
             }
             () = shutdown.cancelled() => {
                 // Every request is answered by now: commit the dedup records still queued before exiting.

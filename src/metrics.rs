@@ -45,6 +45,7 @@ pub struct Metrics {
     pub rate_limiter_keys: IntGauge,
     /// Bytes of the in-memory filter in front of `state.redb` (at most `storage.filter_bytes`).
     pub state_filter_bytes: IntGauge,
+    pub state_log_rows: IntGauge,
     /// Each source's `ack_timeout`, so dashboards and alerts compare latency with the provider's deadline.
     pub source_ack_timeout: GaugeVec,
     /// `storage.spool_max_bytes`, so an alert can compare `hookgate_spool_bytes` with the cap.
@@ -191,6 +192,10 @@ impl Metrics {
             state_filter_bytes: gauge(
                 "hookgate_state_filter_bytes",
                 "Bytes of the in-memory filter of the digests state.redb holds (at most storage.filter_bytes).",
+            ),
+            state_log_rows: gauge(
+                "hookgate_state_log_rows",
+                "Dedup and order rows the record log holds in memory, not yet folded into state.redb.",
             ),
             registry,
             requests,

@@ -279,6 +279,12 @@ impl State {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Rows the record log holds in memory now (both generations): what is not yet folded into the file.
+    pub fn log_rows(&self) -> u64 {
+        let memory = self.memory();
+        memory.active.len() + memory.frozen.len()
+    }
+
     /// Bytes the filter takes now.
     pub fn filter_bytes(&self) -> u64 {
         self.filter.bytes()

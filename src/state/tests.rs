@@ -258,6 +258,7 @@ async fn rows_are_logged_first_and_folded_into_the_file_later() {
     s.write(done(0..10)).await.unwrap();
     assert_eq!(writer::tree_rows(&s.db).unwrap(), 0, "nothing in the file yet");
     assert_eq!(rows(&s).unwrap(), (10, 0));
+    assert_eq!(s.log_rows(), 10);
     assert!(log::path(dir.path(), 1).exists());
     assert_eq!(s.lookup_done(&key(3)).await.unwrap(), Some(now + 60_000));
     drop(s);
@@ -268,6 +269,7 @@ async fn rows_are_logged_first_and_folded_into_the_file_later() {
     // Past the fold size (64 rows in tests) the generation is frozen, folded, and its file deleted.
     s.write(done(10..100)).await.unwrap();
     s.folded().await;
+    assert_eq!(s.log_rows(), 0);
     assert_eq!(writer::tree_rows(&s.db).unwrap(), 100);
     assert!(!log::path(dir.path(), 1).exists(), "the folded file is deleted");
     assert!(log::path(dir.path(), 2).exists(), "a new file takes the next rows");

@@ -166,6 +166,8 @@ async fn every_spec_series_has_its_expected_value() {
     // The filter in front of state.redb: set by the first purge (at start), never past storage.filter_bytes.
     let filter = text.lines().find_map(|l| l.strip_prefix("hookgate_state_filter_bytes ")).map(|v| v.parse::<f64>());
     assert!(matches!(filter, Some(Ok(b)) if b > 0.0 && b <= 16.0 * 1024.0 * 1024.0), "{filter:?}");
+    // The record log's rows in memory: set with it (no events yet at start, so none).
+    assert!(text.lines().any(|l| l == "hookgate_state_log_rows 0"), "{text}");
     // Every answer a provider saw that was not 2xx is counted, once, with a reason.
     let sum = |prefix: &str, keep: &dyn Fn(&str) -> bool| -> f64 {
         text.lines()
