@@ -45,6 +45,7 @@ pub struct Metrics {
     pub rate_limiter_keys: IntGauge,
     /// Bytes of the in-memory filter in front of `state.redb` (at most `storage.filter_bytes`).
     pub state_filter_bytes: IntGauge,
+    /// Rows of the record log in memory, not yet folded into `state.redb`.
     pub state_log_rows: IntGauge,
     /// Each source's `ack_timeout`, so dashboards and alerts compare latency with the provider's deadline.
     pub source_ack_timeout: GaugeVec,

@@ -295,11 +295,7 @@ impl State {
     #[cfg(test)]
     pub(crate) async fn folded(&self) {
         for _ in 0..2000 {
-            let held = {
-                let memory = self.memory();
-                memory.active.len() + memory.frozen.len()
-            };
-            if held == 0 {
+            if self.log_rows() == 0 {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;

@@ -21,7 +21,7 @@
 //!   before the next one.
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::memory::Rows;
@@ -86,7 +86,10 @@ impl Log {
         let mut numbers = numbers(dir)?;
         let newest = match numbers.pop() {
             Some(n) => n,
-            None => create(dir, 1)?,
+            None => {
+                create(dir, 1)?;
+                1
+            }
         };
         let mut frozen = Rows::default();
         for n in &numbers {
@@ -94,8 +97,9 @@ impl Log {
         }
         let mut active = Rows::default();
         let (len, rows) = read(&path(dir, newest), &mut active)?;
-        let file = crate::private_fs::file_options().write(true).open(path(dir, newest)).map_err(err)?;
+        let mut file = crate::private_fs::file_options().write(true).open(path(dir, newest)).map_err(err)?;
         file.set_len(len).map_err(err)?;
+        file.seek(SeekFrom::Start(len)).map_err(err)?;
         let log = Log {
             dir: dir.to_path_buf(),
             file,
@@ -115,9 +119,9 @@ impl Log {
     /// # Errors
     /// The write or the fsync failed (the frame is cut off before the next append).
     pub(super) fn append(&mut self, rows: &[(Digest, Row)]) -> Result<(), StateError> {
-        use std::io::{Seek, SeekFrom};
         if self.torn {
             self.file.set_len(self.len).map_err(err)?;
+            self.file.seek(SeekFrom::Start(self.len)).map_err(err)?;
             self.torn = false;
         }
         self.buf.clear();
@@ -127,7 +131,6 @@ impl Log {
         });
         self.seq += 1;
         self.torn = true;
-        self.file.seek(SeekFrom::Start(self.len)).map_err(err)?;
         self.file.write_all(&self.buf).map_err(err)?;
         self.file.sync_data().map_err(err)?;
         self.torn = false;
@@ -146,8 +149,8 @@ impl Log {
     /// # Errors
     /// The new file cannot be created (the current one stays in use).
     pub(super) fn rotate(&mut self) -> Result<(), StateError> {
-        let number = create(&self.dir, self.number + 1)?;
-        let file = crate::private_fs::file_options().write(true).open(path(&self.dir, number)).map_err(err)?;
+        let number = self.number + 1;
+        let file = create(&self.dir, number)?;
         self.folding.push(self.number);
         (self.file, self.number, self.len, self.torn, self.rows) = (file, number, MAGIC.len() as u64, false, 0);
         Ok(())
@@ -169,14 +172,15 @@ impl Log {
     }
 }
 
-/// Creates file `number` holding only the magic, durably (file and directory entry).
-fn create(dir: &Path, number: u64) -> Result<u64, StateError> {
+/// Creates file `number` holding only the magic, durably (file and directory entry); returns it open for
+/// appending after the magic.
+fn create(dir: &Path, number: u64) -> Result<File, StateError> {
     let p = path(dir, number);
     let mut f = crate::private_fs::file_options().write(true).create(true).truncate(true).open(&p).map_err(err)?;
     f.write_all(MAGIC).map_err(err)?;
     f.sync_all().map_err(err)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-    Ok(number)
+    Ok(f)
 }
 
 /// Adds the rows of the file at `p` to `into`; returns its length up to its last whole frame and the rows read.

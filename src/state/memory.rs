@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::ops::Range;
 
+use super::filter::slot_of;
 use super::sweep::SLICES;
 use super::{Digest, Row};
 
@@ -42,11 +43,6 @@ pub(super) fn slices_per_commit(tree_rows: u64) -> usize {
     usize::try_from(slices).unwrap_or(1)
 }
 
-/// The slice of a digest (as [`super::sweep::bounds`] slices the digest space).
-pub(super) fn slice_of(d: &Digest) -> usize {
-    super::filter::slot_of(d)
-}
-
 /// One slice of a generation.
 #[derive(Default)]
 struct Part {
@@ -54,40 +50,38 @@ struct Part {
     order: BTreeMap<Digest, (i64, u8, u64)>,
 }
 
-/// One generation.
+/// One generation, one part per slice of the digest space (a digest's part is its filter slot).
 pub(super) struct Rows {
     parts: Vec<Part>,
-    len: u64,
 }
 
 impl Default for Rows {
     fn default() -> Rows {
-        Rows { parts: (0..SLICES).map(|_| Part::default()).collect(), len: 0 }
+        Rows { parts: (0..SLICES).map(|_| Part::default()).collect() }
     }
 }
 
 impl Rows {
     /// Sets `d`'s row (a later write of a key replaces an earlier one).
     pub(super) fn insert(&mut self, d: Digest, row: Row) {
-        let part = &mut self.parts[slice_of(&d)];
-        let added = match row {
-            Row::Done(expires_ms) => part.dedup.insert(d, expires_ms).is_none(),
-            Row::Order(value) => part.order.insert(d, value).is_none(),
+        let part = &mut self.parts[slot_of(&d)];
+        match row {
+            Row::Done(expires_ms) => part.dedup.insert(d, expires_ms).map(drop),
+            Row::Order(value) => part.order.insert(d, value).map(drop),
         };
-        self.len += u64::from(added);
     }
 
     /// Rows held.
     pub(super) fn len(&self) -> u64 {
-        self.len
+        self.parts.iter().map(|p| (p.dedup.len() + p.order.len()) as u64).sum()
     }
 
     fn done(&self, d: &Digest) -> Option<u64> {
-        self.parts[slice_of(d)].dedup.get(d).copied()
+        self.parts[slot_of(d)].dedup.get(d).copied()
     }
 
     fn order(&self, d: &Digest) -> Option<(i64, u8, u64)> {
-        self.parts[slice_of(d)].order.get(d).copied()
+        self.parts[slot_of(d)].order.get(d).copied()
     }
 
     /// The rows of `slices` still alive at `now_ms` (dedup rows, then order rows, of each slice in turn).
@@ -102,10 +96,7 @@ impl Rows {
 
     /// Drops the rows of `slices` (once they are in the tree).
     pub(super) fn clear(&mut self, slices: Range<usize>) {
-        for part in &mut self.parts[slices] {
-            let part = std::mem::take(part);
-            self.len -= (part.dedup.len() + part.order.len()) as u64;
-        }
+        self.parts[slices].iter_mut().for_each(|part| *part = Part::default());
     }
 
     /// Drops the rows that expired at `now_ms` (they are never answered from; the log may still hold them, and a
@@ -115,7 +106,6 @@ impl Rows {
             part.dedup.retain(|_, e| *e > now_ms);
             part.order.retain(|_, v| v.2 > now_ms);
         }
-        self.len = self.parts.iter().map(|p| (p.dedup.len() + p.order.len()) as u64).sum();
     }
 
     /// Every digest held (dedup, order), for [`super::rows`].

@@ -8,7 +8,7 @@
 use std::ops::Bound;
 use std::sync::atomic::Ordering;
 
-use redb::{Database, ReadableTable, ReadableTableMetadata};
+use redb::{Database, ReadableTable};
 
 use super::filter::{Filter, Rebuild};
 use super::{err, Digest, Op, State, StateError, Table, DEDUP, ORDER};
@@ -96,10 +96,7 @@ pub(super) fn rebuild(
 
 /// About the rows of one slice (digests are uniform).
 fn slice_rows(db: &Database) -> Result<u64, StateError> {
-    let txn = db.begin_read().map_err(err)?;
-    let dedup = txn.open_table(DEDUP).map_err(err)?.len().map_err(err)?;
-    let order = txn.open_table(ORDER).map_err(err)?.len().map_err(err)?;
-    Ok((dedup + order) / SLICES as u64)
+    Ok(super::writer::tree_rows(db)? / SLICES as u64)
 }
 
 /// The rows in `range` that expired before `now_ms`; the others are added to `alive`.
