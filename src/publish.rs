@@ -109,16 +109,7 @@ struct Shared {
     pool: RwLock<Option<Arc<supervisor::Pool>>>,
     next: AtomicUsize,
     unrouted: Arc<unrouted::Tracker>,
-    /// The origin of the publish ticks ([`PUBLISH_TICK`]).
-    epoch: Instant,
 }
-
-/// Publishes wait for the next tick of this period and go to the broker together. lapin then writes them in one
-/// write, and RabbitMQ takes them as one burst: its queue syncs its journal when it runs out of work, so a
-/// trickle of single messages costs it one fsync (and a wake-up of each process on the path) every few
-/// messages, a burst one for all of them. Measured (docs/benchmarks.md): about a tenth less CPU per event in
-/// the broker and in the gateway, for half a tick of latency on average.
-pub const PUBLISH_TICK: Duration = Duration::from_millis(1);
 
 impl Publisher {
     /// Creates the publisher and starts its connection supervisor; it runs until `shutdown`.
@@ -133,7 +124,6 @@ impl Publisher {
             pool: RwLock::new(None),
             next: AtomicUsize::new(0),
             unrouted: Arc::default(),
-            epoch: Instant::now(),
         });
         let task = tokio::spawn(supervisor::run(shared.clone(), shutdown));
         (Publisher { shared }, task)
@@ -195,7 +185,6 @@ impl Publisher {
         if track {
             self.shared.unrouted.note(&event.id, &event.source);
         }
-        tokio::time::sleep_until(self.next_tick()).await;
         let started = Instant::now();
         let message = (routing_key, &event.body[..], props);
         let result = ch.publish(&self.shared.settings.exchange, message, &event.id, deadline).await;
@@ -237,14 +226,6 @@ impl Publisher {
                 Err(e)
             }
         }
-    }
-
-    /// The next [`PUBLISH_TICK`] boundary.
-    fn next_tick(&self) -> Instant {
-        let tick = PUBLISH_TICK.as_micros().max(1);
-        let ticks = self.shared.epoch.elapsed().as_micros() / tick + 1;
-        let offset = u64::try_from(ticks * tick).unwrap_or(u64::MAX);
-        self.shared.epoch + Duration::from_micros(offset)
     }
 
     /// Counts a publish's outcome; a channel error asks the supervisor to rebuild.
