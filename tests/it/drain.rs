@@ -15,8 +15,8 @@ use crate::support::{amqp_url, delete_exchange, proc_config, unique, Client, Pro
 
 const WORKERS: usize = 4;
 
-/// One outcome of the load: the body and whether it was answered 200 (`None`: no answer), and whether the
-/// request started before the signal was sent.
+/// One outcome of the load: the body and whether it was answered 200 (`None`: no answer), and whether its
+/// connection was made before the signal was sent.
 type Outcome = (Vec<u8>, Option<u16>, bool);
 
 async fn load(client: Client, signalled: Arc<AtomicBool>, answered: Arc<AtomicUsize>) -> Vec<Outcome> {
@@ -27,8 +27,14 @@ async fn load(client: Client, signalled: Arc<AtomicBool>, answered: Arc<AtomicUs
                 let mut out = Vec::new();
                 for n in 0..2000 {
                     let body = format!(r#"{{"event":"drain","w":{w},"n":{n}}}"#).into_bytes();
+                    // Read once connected: a connection refused came after the listener closed, and a task
+                    // that stalls between reading the flag and connecting must not count as sent before.
+                    let stream = TcpStream::connect(client.addr).await;
                     let before = !signalled.load(Ordering::Acquire);
-                    let r = client.try_post("/webhooks/generic", &JSON, &body).await.map(|r| r.status);
+                    let r = match stream {
+                        Ok(s) => Client::try_post_on(s, "/webhooks/generic", &JSON, &body).await.map(|r| r.status),
+                        Err(_) => None,
+                    };
                     answered.fetch_add(1, Ordering::Relaxed);
                     let stop = r.is_none();
                     out.push((body, r, before));

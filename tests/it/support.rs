@@ -356,6 +356,11 @@ impl Client {
     /// A POST that may fail (the gateway was killed): `None` when no answer came.
     pub async fn try_post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Resp> {
         let stream = TcpStream::connect(self.addr).await.ok()?;
+        Client::try_post_on(stream, path, headers, body).await
+    }
+
+    /// [`Client::try_post`] on a connection the caller made.
+    pub async fn try_post_on(stream: TcpStream, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Option<Resp> {
         try_send(stream, build_request("POST", path, headers, body)).await.ok()
     }
 
