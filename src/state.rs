@@ -33,11 +33,12 @@
 //!
 //! Layout: [`writer`] the writer thread and its commits; [`log`] the record log's files; [`memory`] its rows
 //! until folded; [`sweep`] the purge (and rebuilds the filter of each slice it scans); [`filter`] the in-memory
-//! filter, built by a thread of its own at start.
+//! filter, built by a thread of its own at start ([`open`], with the opening of the file).
 
 pub mod filter;
 mod log;
 mod memory;
+mod open;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -45,16 +46,17 @@ mod writer;
 
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
+use redb::{Database, ReadableTableMetadata, TableDefinition};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use self::filter::Filter;
 use self::log::{Log, Replayed};
 use self::memory::Memory;
-use self::writer::{Row, Writer};
+use self::open::{build_filter, convert_old_tables, open_db};
+use self::writer::{Job, Reply, Row, Writer};
 
 /// The stored form of a key.
 pub type Digest = [u8; 16];
@@ -110,30 +112,6 @@ pub enum Op {
     /// Drops the listed rows that are still expired at `now_ms` (found by [`State::purge`]'s sweep), and the
     /// polling jobs due.
     Remove { now_ms: u64, dedup: Vec<Digest>, order: Vec<Digest> },
-}
-
-struct Job {
-    ops: Vec<Op>,
-    done: Option<Reply>,
-}
-
-/// What the writer does with the outcome of a job's commit.
-enum Reply {
-    /// Sends it to the task awaiting [`State::write`].
-    Wait(oneshot::Sender<Result<(), StateError>>),
-    /// Runs this on the writer thread ([`State::write_then`]).
-    Then(Box<dyn FnOnce(Result<(), StateError>) + Send>),
-}
-
-impl Reply {
-    fn send(self, result: Result<(), StateError>) {
-        match self {
-            Reply::Wait(tx) => {
-                let _ = tx.send(result);
-            }
-            Reply::Then(then) => then(result),
-        }
-    }
 }
 
 /// The open database and its writer. Cheap to clone.
@@ -378,64 +356,6 @@ impl State {
     }
 }
 
-/// Opens the file; a database still held by a writer thread that is stopping is waited for briefly.
-fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StateError> {
-    let mut tries = 0;
-    loop {
-        match Database::builder().set_cache_size(cache_bytes).create(path) {
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) if tries < 40 => {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StateError("already open by another process (is a gateway running?)".into()))
-            }
-            other => return other.map_err(err),
-        }
-    }
-}
-
-/// Moves the rows of the string-keyed tables of earlier versions into the digest tables, once.
-fn convert_old_tables(db: &Database) -> Result<(), StateError> {
-    let names: Vec<String> = {
-        let txn = db.begin_read().map_err(err)?;
-        let names = txn.list_tables().map_err(err)?.map(|t| t.name().to_string()).collect();
-        names
-    };
-    if !names.iter().any(|n| n == "dedup" || n == "order") {
-        return Ok(());
-    }
-    let mut txn = db.begin_write().map_err(err)?;
-    txn.set_durability(Durability::Immediate);
-    let mut rows = 0u64;
-    {
-        let mut dedup = txn.open_table(DEDUP).map_err(err)?;
-        let mut order = txn.open_table(ORDER).map_err(err)?;
-        if names.iter().any(|n| n == "dedup") {
-            let old = txn.open_table(OLD_DEDUP).map_err(err)?;
-            for entry in old.iter().map_err(err)? {
-                let (k, v) = entry.map_err(err)?;
-                dedup.insert(digest(k.value()), v.value()).map_err(err)?;
-                rows += 1;
-            }
-        }
-        if names.iter().any(|n| n == "order") {
-            let old = txn.open_table(OLD_ORDER).map_err(err)?;
-            for entry in old.iter().map_err(err)? {
-                let (k, v) = entry.map_err(err)?;
-                order.insert(digest(k.value()), v.value()).map_err(err)?;
-                rows += 1;
-            }
-        }
-    }
-    txn.delete_table(OLD_DEDUP).map_err(err)?;
-    txn.delete_table(OLD_ORDER).map_err(err)?;
-    // Their entries in `expiry` (tags `d`, `o`) are dropped by the purge as they come due.
-    txn.commit().map_err(err)?;
-    tracing::info!(rows, "state: index converted to the digest tables");
-    Ok(())
-}
-
 /// The next group of a writer thread: blocks for one job, then takes the others already waiting, `max` at most.
 /// `None` once every sender is gone and the queue is empty.
 pub(crate) fn next_batch<T>(rx: &mut mpsc::Receiver<T>, max: usize) -> Option<Vec<T>> {
@@ -455,31 +375,6 @@ fn take_waiting<T>(rx: &mut mpsc::Receiver<T>, jobs: &mut Vec<T>, max: usize) {
 }
 
 type Table<'t, K, V> = redb::Table<'t, K, V>;
-
-/// The filter thread: builds every slot from the file (those the purge has not built first), then rebuilds the
-/// slots that fill up, as asked. Holds the database only while it scans, so it never keeps a closed state open;
-/// it ends with the last [`State`] (and the writer), when the request channel closes.
-fn build_filter(db: &Weak<Database>, filter: &Weak<Filter>, requests: &std::sync::mpsc::Receiver<usize>) {
-    let scan = |slice: usize, only_unbuilt: bool| {
-        let (Some(db), Some(filter)) = (db.upgrade(), filter.upgrade()) else { return false };
-        if !(only_unbuilt && filter.rows_hint(slice).is_some()) {
-            if let Err(error) = sweep::rebuild(&db, &filter, slice, now_ms()) {
-                tracing::warn!(%error, slice, "state filter: slice not built; its lookups read the file");
-            }
-        }
-        true
-    };
-    for slice in 0..sweep::SLICES {
-        if !scan(slice, true) {
-            return;
-        }
-    }
-    while let Ok(slice) = requests.recv() {
-        if !scan(slice, false) {
-            return;
-        }
-    }
-}
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use redb::TableHandle;
 use tokio::time::Instant;
 
 use super::*;

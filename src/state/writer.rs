@@ -10,16 +10,41 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Database, Durability, ReadableTableMetadata};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::filter::Filter;
 use super::log::Log;
 use super::memory::{fold_rows, slices_per_commit, Memory, MAX_FOLD_ROWS};
 use super::sweep::{self, SLICES};
 use super::{
-    digest, err, next_batch, now_ms, take_waiting, Digest, Job, Op, StateError, BATCH, DEDUP, EXPIRY, LINGER,
-    LINGER_BELOW, ORDER, POLL_JOBS,
+    digest, err, next_batch, now_ms, take_waiting, Digest, Op, StateError, BATCH, DEDUP, EXPIRY, LINGER, LINGER_BELOW,
+    ORDER, POLL_JOBS,
 };
+
+/// One write job: its ops and whom to tell once they are committed.
+pub(super) struct Job {
+    pub(super) ops: Vec<Op>,
+    pub(super) done: Option<Reply>,
+}
+
+/// What the writer does with the outcome of a job's commit.
+pub(super) enum Reply {
+    /// Sends it to the task awaiting [`super::State::write`].
+    Wait(oneshot::Sender<Result<(), StateError>>),
+    /// Runs this on the writer thread ([`super::State::write_then`]).
+    Then(Box<dyn FnOnce(Result<(), StateError>) + Send>),
+}
+
+impl Reply {
+    pub(super) fn send(self, result: Result<(), StateError>) {
+        match self {
+            Reply::Wait(tx) => {
+                let _ = tx.send(result);
+            }
+            Reply::Then(then) => then(result),
+        }
+    }
+}
 
 /// A dedup or order row as the log and a commit write it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
