@@ -1,6 +1,6 @@
-//! The running gateway: [`App::start`] builds every stage from a validated config and starts its tasks, in the
-//! order a request meets them (storage, the broker and the spool behind the store, pollers, the pipeline, the
-//! listeners); [`App::wait`] supervises them until shutdown.
+//! The running gateway: [`App::start`] builds every stage from a validated config — storage, the store (the
+//! broker first, the spool behind it), the pollers, the pipeline, the listeners — and starts their tasks;
+//! [`App::wait`] supervises them until shutdown.
 //!
 //! # Invariants
 //!
