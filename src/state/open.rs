@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::sync::Weak;
 
-use redb::{Database, Durability, ReadableTable, TableHandle};
+use redb::{Database, Durability, ReadableTable, TableDefinition, TableHandle, WriteTransaction};
 
 use super::filter::Filter;
-use super::{digest, err, now_ms, sweep, StateError, DEDUP, OLD_DEDUP, OLD_ORDER, ORDER};
+use super::{digest, err, now_ms, sweep, Digest, StateError, DEDUP, OLD_DEDUP, OLD_ORDER, ORDER};
 
 /// Opens the file; a database still held by a writer thread that is stopping is waited for briefly.
 pub(super) fn open_db(path: &Path, cache_bytes: usize) -> Result<Database, StateError> {
@@ -38,26 +38,12 @@ pub(super) fn convert_old_tables(db: &Database) -> Result<(), StateError> {
     }
     let mut txn = db.begin_write().map_err(err)?;
     txn.set_durability(Durability::Immediate);
-    let mut rows = 0u64;
-    {
-        let mut dedup = txn.open_table(DEDUP).map_err(err)?;
-        let mut order = txn.open_table(ORDER).map_err(err)?;
-        if names.iter().any(|n| n == "dedup") {
-            let old = txn.open_table(OLD_DEDUP).map_err(err)?;
-            for entry in old.iter().map_err(err)? {
-                let (k, v) = entry.map_err(err)?;
-                dedup.insert(digest(k.value()), v.value()).map_err(err)?;
-                rows += 1;
-            }
-        }
-        if names.iter().any(|n| n == "order") {
-            let old = txn.open_table(OLD_ORDER).map_err(err)?;
-            for entry in old.iter().map_err(err)? {
-                let (k, v) = entry.map_err(err)?;
-                order.insert(digest(k.value()), v.value()).map_err(err)?;
-                rows += 1;
-            }
-        }
+    let mut rows = 0;
+    if names.iter().any(|n| n == "dedup") {
+        rows += copy_rows(&txn, OLD_DEDUP, DEDUP)?;
+    }
+    if names.iter().any(|n| n == "order") {
+        rows += copy_rows(&txn, OLD_ORDER, ORDER)?;
     }
     txn.delete_table(OLD_DEDUP).map_err(err)?;
     txn.delete_table(OLD_ORDER).map_err(err)?;
@@ -65,6 +51,23 @@ pub(super) fn convert_old_tables(db: &Database) -> Result<(), StateError> {
     txn.commit().map_err(err)?;
     tracing::info!(rows, "state: index converted to the digest tables");
     Ok(())
+}
+
+/// Copies every row of the string-keyed table `old` into `new` under the key's digest; the rows copied.
+fn copy_rows<V: redb::Value + 'static>(
+    txn: &WriteTransaction,
+    old: TableDefinition<&str, V>,
+    new: TableDefinition<Digest, V>,
+) -> Result<u64, StateError> {
+    let old = txn.open_table(old).map_err(err)?;
+    let mut new = txn.open_table(new).map_err(err)?;
+    let mut rows = 0;
+    for entry in old.iter().map_err(err)? {
+        let (k, v) = entry.map_err(err)?;
+        new.insert(digest(k.value()), v.value()).map_err(err)?;
+        rows += 1;
+    }
+    Ok(rows)
 }
 
 /// The filter thread: builds every slot from the file (those the purge has not built first), then rebuilds the
