@@ -22,20 +22,51 @@ use crate::dedup::redis::Shared;
 use crate::event::Event;
 use crate::state::{digest, now_ms, Digest, Op, State};
 
-/// Subjects remembered in memory before the cache starts over (the database keeps them all).
-const CACHE: usize = 100_000;
+/// Subjects one generation of the cache holds (about 270 KiB); the latest this many are always in memory.
+const CACHE: usize = 7 * 1024;
 
 /// The order state.
 pub struct Order {
     state: State,
     shared: Option<Shared>,
-    /// Latest (time ms or `i64::MIN`, rank) per key digest (as `state.redb` keys it: about 40 bytes an entry),
-    /// in front of the database.
-    cache: Mutex<HashMap<Digest, (i64, u8)>>,
+    /// The latest subjects' state, in front of the database.
+    cache: Mutex<Cache>,
+}
+
+/// Latest (time ms or `i64::MIN`, rank) per key digest (as `state.redb` keys it), for the most recent
+/// subjects: two generations of at most [`CACHE`] subjects each; when the current one is full it becomes the
+/// previous one (the older previous one is dropped), so the latest `CACHE` subjects are always here. That covers
+/// the time between an event's state and its commit (the record log's memory generations answer after it), and
+/// memory stays fixed: a single map cleared at 100,000 subjects grew to ~4 MiB (~6 while it resized), a tenth of
+/// the gateway's memory at 2,000/s (`docs/benchmarks.md`).
+#[derive(Default)]
+struct Cache {
+    current: HashMap<Digest, (i64, u8)>,
+    previous: HashMap<Digest, (i64, u8)>,
+}
+
+impl Cache {
+    fn get(&self, d: &Digest) -> Option<(i64, u8)> {
+        self.current.get(d).or_else(|| self.previous.get(d)).copied()
+    }
+
+    fn insert(&mut self, d: Digest, value: (i64, u8)) {
+        if self.current.len() >= CACHE && !self.current.contains_key(&d) {
+            // Both maps keep their allocations: after the first two generations nothing is allocated here.
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.clear();
+        }
+        self.current.insert(d, value);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
 }
 
 impl Order {
-    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, (i64, u8)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Cache> {
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -63,18 +94,15 @@ impl Order {
 
     async fn observe_local(&self, key: String, time: i64, rank: u8, window: Duration) -> bool {
         let d = digest(&key);
-        let cached = self.cache().get(&d).copied();
+        let cached = self.cache().get(&d);
         let stored = match cached {
             Some(c) => Some(c),
             None => self.state.lookup_order(&key).await.ok().flatten().map(|(t, r, _)| (t, r)),
         };
         let mut cache = self.cache();
         // An event for the same subject may have raised it during the read: the cached value is never older.
-        let current = cache.get(&d).copied().or(stored);
+        let current = cache.get(&d).or(stored);
         let (late, max) = compare(current, time, rank);
-        if cache.len() >= CACHE {
-            cache.clear();
-        }
         cache.insert(d, max);
         drop(cache);
         let expires_ms = now_ms() + u64::try_from(window.as_millis()).unwrap_or(u64::MAX / 2);
@@ -125,6 +153,44 @@ mod tests {
         assert_eq!(crate::state::rows(&state).unwrap(), (0, 1), "one order row, for the shared subject only");
         assert_eq!(state.order_of(&crate::dedup::key("s", "tx-1")).unwrap().map(|(t, r, _)| (t, r)), Some((2_000, 0)));
         assert_eq!(state.order_of(&crate::dedup::key("s", "card-1")).unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_cache_keeps_the_latest_subjects_within_two_generations() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = State::open(dir.path()).unwrap();
+        let order = Order::new(state.clone(), None);
+        let window = Duration::from_secs(60);
+        assert!(!order.observe(&event("first:settled", "first", 2_000), window).await);
+        for i in 0..3 * CACHE {
+            let subject = format!("tx-{i}");
+            assert!(!order.observe(&event(&format!("{subject}:approved"), &subject, 2_000), window).await);
+            assert!(order.cache().len() <= 2 * CACHE, "{} subjects in memory after {i}", order.cache().len());
+        }
+        // The latest CACHE subjects are in memory whatever the state commits did meanwhile.
+        for i in 2 * CACHE..3 * CACHE {
+            let d = digest(&crate::dedup::key("s", &format!("tx-{i}")));
+            assert_eq!(order.cache().get(&d), Some((2_000, 0)), "subject {i}");
+        }
+        // A subject that left memory is read back from the state.
+        state.write(vec![]).await.unwrap();
+        assert!(order.observe(&event("first:approved", "first", 1_000), window).await, "earlier time, same subject");
+    }
+
+    #[test]
+    fn a_full_generation_becomes_the_previous_one() {
+        let mut cache = Cache::default();
+        let d = |i: usize| digest(&i.to_string());
+        for i in 0..CACHE {
+            cache.insert(d(i), (i as i64, 0));
+        }
+        cache.insert(d(0), (-1, 1));
+        assert_eq!((cache.current.len(), cache.previous.len()), (CACHE, 0), "an update is not a new subject");
+        cache.insert(d(CACHE), (0, 0));
+        assert_eq!((cache.current.len(), cache.previous.len()), (1, CACHE));
+        assert_eq!(cache.get(&d(0)), Some((-1, 1)), "found in the previous generation");
+        cache.insert(d(1), (5, 5));
+        assert_eq!(cache.get(&d(1)), Some((5, 5)), "the current generation answers first");
     }
 
     #[test]
