@@ -92,16 +92,17 @@ pub async fn ceiling(
     Ok((count.load(Ordering::Relaxed) as f64 / secs, h))
 }
 
-/// The broker alone at a fixed rate: the ceiling's publishes, publish *i* due at start + *i* / `rate`, each one's
-/// latency counted from its due time to its confirm — the `fixed` scenario's open loop without the gateway, so
-/// the gateway's latency at that rate can be read against the broker's own on the same machine.
+/// The broker alone at a fixed rate: the ceiling's publishes, shaped as `shape`, publish *i* due at start + *i* /
+/// `rate`, each one's latency counted from its due time to its confirm — the `fixed` scenario's open loop without
+/// the gateway, so the gateway's latency at that rate can be read against the broker's own on the same machine.
 pub async fn paced(
     url: &str,
+    shape: Shape,
     rate: u64,
     duration: Duration,
     traffic: impl Fn(u64) -> Traffic,
 ) -> anyhow::Result<Histogram<u64>> {
-    let (conn, channels, dest) = publisher(url, "paced", Shape::Raw).await?;
+    let (conn, channels, dest) = publisher(url, "paced", shape).await?;
     let hist = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 120_000_000, 3)?));
     let start = Instant::now() + Duration::from_millis(50);
     let total = rate.saturating_mul(duration.as_millis() as u64) / 1000;

@@ -121,7 +121,8 @@ pub struct Args {
     pub ceiling: bool,
     /// Measure also the ceiling of the contract's message (always on for `all`): the same publishes shaped as
     /// the gateway's (SPEC §4: CloudEvents headers, through a topic exchange); each row gets
-    /// `of_contract_ceiling`, the part of the gap the message format leaves to the gateway.
+    /// `of_contract_ceiling`, the part of the gap the message format leaves to the gateway; the `fixed` row gets
+    /// the broker alone at its rate with that message too (`broker_alone_contract_*`).
     #[arg(long)]
     pub contract_ceiling: bool,
     #[arg(long, value_enum, default_value = "table")]

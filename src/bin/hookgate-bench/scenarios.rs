@@ -108,13 +108,14 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let mut ctx = Ctx { args, dir: dir.clone(), run, serial: 0 };
     let mut report = Report { machine: machine(), ..Report::default() };
     let all = ctx.args.scenario.contains(&Scenario::All);
+    ctx.args.contract_ceiling |= all;
     let chosen = ctx.args.scenario.clone();
     let want = |s: Scenario| all || chosen.contains(&s);
     let with_ceiling = all || ctx.args.ceiling || ctx.args.scenario.contains(&Scenario::Ceiling);
     if with_ceiling {
         report.ceilings.push(ceiling(&ctx, Shape::Raw).await?);
     }
-    if all || ctx.args.contract_ceiling {
+    if ctx.args.contract_ceiling {
         report.contract_ceiling = Some(ceiling(&ctx, Shape::Contract).await?);
     }
     let mut rows = Vec::new();
@@ -246,15 +247,23 @@ async fn fixed(ctx: &mut Ctx, label: &str) -> anyhow::Result<Row> {
 }
 
 /// Adds the broker's own latency at the scenario's rate (`broker::paced`) to a `fixed` row: the floor under the
-/// gateway's percentiles on this machine.
+/// gateway's percentiles on this machine (`broker_alone_*`); with the contract ceiling on (`all`), also the floor
+/// for the contract's message (`broker_alone_contract_*`: what the broker alone takes for the message the gateway
+/// must publish).
 async fn broker_alone(ctx: &Ctx, mut row: Row) -> anyhow::Result<Row> {
-    let h = broker::paced(&ctx.args.amqp, ctx.args.rate, ctx.args.duration, ctx.traffic(0.0, 0.0))
-        .await
-        .context("the broker alone at the fixed rate")?;
-    let ms = |q: f64| format!("{:.1}", crate::report::ms(&h, q));
-    row.note("broker_alone_p50_ms", ms(0.5));
-    row.note("broker_alone_p99_ms", ms(0.99));
-    row.note("broker_alone_p999_ms", ms(0.999));
+    let mut shapes = vec![(Shape::Raw, "broker_alone")];
+    if ctx.args.contract_ceiling {
+        shapes.push((Shape::Contract, "broker_alone_contract"));
+    }
+    for (shape, name) in shapes {
+        let h = broker::paced(&ctx.args.amqp, shape, ctx.args.rate, ctx.args.duration, ctx.traffic(0.0, 0.0))
+            .await
+            .context("the broker alone at the fixed rate")?;
+        let ms = |q: f64| format!("{:.1}", crate::report::ms(&h, q));
+        row.note(&format!("{name}_p50_ms"), ms(0.5));
+        row.note(&format!("{name}_p99_ms"), ms(0.99));
+        row.note(&format!("{name}_p999_ms"), ms(0.999));
+    }
     Ok(row)
 }
 
