@@ -139,15 +139,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_event_whose_id_is_its_subject_keeps_no_state_and_shared_subjects_are_compared() {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// An order state of its own, without Redis (the directory lives as long as the first value).
+    fn local() -> (tempfile::TempDir, State, Order) {
         let dir = tempfile::tempdir().unwrap();
         let state = State::open(dir.path()).unwrap();
         let order = Order::new(state.clone(), None);
-        let window = Duration::from_secs(60);
-        assert!(!order.observe(&event("card-1", "card-1", 2_000), window).await);
-        assert!(!order.observe(&event("tx-1:settlement", "tx-1", 2_000), window).await);
-        assert!(order.observe(&event("tx-1:approved", "tx-1", 1_000), window).await, "earlier time, same subject");
+        (dir, state, order)
+    }
+
+    #[tokio::test]
+    async fn an_event_whose_id_is_its_subject_keeps_no_state_and_shared_subjects_are_compared() {
+        let (_dir, state, order) = local();
+        assert!(!order.observe(&event("card-1", "card-1", 2_000), WINDOW).await);
+        assert!(!order.observe(&event("tx-1:settlement", "tx-1", 2_000), WINDOW).await);
+        assert!(order.observe(&event("tx-1:approved", "tx-1", 1_000), WINDOW).await, "earlier time, same subject");
         // A write queued after the order writes is committed after them.
         state.write(vec![]).await.unwrap();
         assert_eq!(crate::state::rows(&state).unwrap(), (0, 1), "one order row, for the shared subject only");
@@ -157,14 +164,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_keeps_the_latest_subjects_within_two_generations() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = State::open(dir.path()).unwrap();
-        let order = Order::new(state.clone(), None);
-        let window = Duration::from_secs(60);
-        assert!(!order.observe(&event("first:settled", "first", 2_000), window).await);
+        let (_dir, state, order) = local();
+        assert!(!order.observe(&event("first:settled", "first", 2_000), WINDOW).await);
         for i in 0..3 * CACHE {
             let subject = format!("tx-{i}");
-            assert!(!order.observe(&event(&format!("{subject}:approved"), &subject, 2_000), window).await);
+            assert!(!order.observe(&event(&format!("{subject}:approved"), &subject, 2_000), WINDOW).await);
             assert!(order.cache().len() <= 2 * CACHE, "{} subjects in memory after {i}", order.cache().len());
         }
         // The latest CACHE subjects are in memory whatever the state commits did meanwhile.
@@ -174,7 +178,7 @@ mod tests {
         }
         // A subject that left memory is read back from the state.
         state.write(vec![]).await.unwrap();
-        assert!(order.observe(&event("first:approved", "first", 1_000), window).await, "earlier time, same subject");
+        assert!(order.observe(&event("first:approved", "first", 1_000), WINDOW).await, "earlier time, same subject");
     }
 
     #[test]
