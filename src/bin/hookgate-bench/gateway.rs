@@ -110,11 +110,19 @@ impl Gateway {
 
     /// The sum of every series of a metric family (`name` or `name{...}`).
     pub async fn metric(&self, name: &str) -> f64 {
-        let Ok((_, text)) = self.admin_get("/metrics").await else { return f64::NAN };
-        text.lines()
-            .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ') || r.starts_with('{')))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        self.metrics(&[name]).await.first().copied().unwrap_or(f64::NAN)
+    }
+
+    /// [`Gateway::metric`] of each name, from one scrape (NaN each when the scrape fails).
+    pub async fn metrics(&self, names: &[&str]) -> Vec<f64> {
+        let Ok((_, text)) = self.admin_get("/metrics").await else { return vec![f64::NAN; names.len()] };
+        let sum = |name: &str| {
+            text.lines()
+                .filter(|l| l.strip_prefix(name).is_some_and(|r| r.starts_with(' ') || r.starts_with('{')))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        names.iter().map(|n| sum(n)).collect()
     }
 
     pub fn stats(&self) -> ProcStats {

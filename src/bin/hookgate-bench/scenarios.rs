@@ -84,6 +84,14 @@ fn name(t: Transport) -> &'static str {
     }
 }
 
+/// The gateway's own timings a phase reads before and after (sum and count of each histogram).
+const TIMINGS: [&str; 4] = [
+    "hookgate_request_duration_seconds_sum",
+    "hookgate_request_duration_seconds_count",
+    "hookgate_publish_confirm_seconds_sum",
+    "hookgate_publish_confirm_seconds_count",
+];
+
 /// One phase against a running gateway: the load, then its row (CPU and RSS from `/proc`).
 async fn phase(
     g: &Gateway,
@@ -92,13 +100,35 @@ async fn phase(
     load: &Load,
     traffic: impl Fn(u64) -> Traffic,
 ) -> anyhow::Result<(Row, Tally)> {
-    let before = g.stats();
+    let (before, timed_before) = (g.stats(), g.metrics(&TIMINGS).await);
     let (tally, took) = client::run(load, traffic).await?;
-    let after = g.stats();
+    let (after, timed_after) = (g.stats(), g.metrics(&TIMINGS).await);
     let mut row =
         Row::from_tally(scenario, name(transport), &tally, took.as_secs_f64(), after.cpu_secs - before.cpu_secs, after);
     row.note("conns", load.connections);
+    note_means(&mut row, &tally, &timed_before, &timed_after);
     Ok((row, tally))
+}
+
+/// Where a request's time went, as means over the phase: `client_mean_ms` (sent or due → answer read, as the
+/// generator saw it), `handled_mean_ms` (the gateway's `hookgate_request_duration_seconds`: the handler, receipt
+/// to answer), `confirm_mean_ms` (its `hookgate_publish_confirm_seconds`: publish → the broker's confirm). What
+/// the client sees beyond the handler is reading and writing the request (TLS, HTTP, the kernel, both
+/// processes' queues); what the handler takes beyond the confirm is the gateway's own work.
+fn note_means(row: &mut Row, tally: &Tally, before: &[f64], after: &[f64]) {
+    if !tally.hist.is_empty() {
+        row.note("client_mean_ms", format!("{:.2}", tally.hist.mean() / 1000.0));
+    }
+    let mean_ms = |sum: usize| {
+        let n = after.get(sum + 1)? - before.get(sum + 1)?;
+        let secs = after.get(sum)? - before.get(sum)?;
+        (n >= 1.0).then_some(secs * 1000.0 / n)
+    };
+    for (note, sum) in [("handled_mean_ms", 0), ("confirm_mean_ms", 2)] {
+        if let Some(ms) = mean_ms(sum).filter(|ms| ms.is_finite()) {
+            row.note(note, format!("{ms:.2}"));
+        }
+    }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Report> {
@@ -415,4 +445,31 @@ async fn index(ctx: &mut Ctx) -> anyhow::Result<Vec<Row>> {
         rows.push(finish(row, g, drain, &setup.exchange, &tally).await?);
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn means_are_the_phase_s_differences_and_a_phase_without_confirms_has_no_confirm_mean() {
+        let mut tally = Tally::new();
+        for micros in [2_000, 4_000, 6_000] {
+            tally.hist.record(micros).unwrap();
+        }
+        let mut row = Row::default();
+        // Before: 1 s over 100 requests, 0.5 s over 50 confirms; the phase adds 0.3 s over 100 and 0.2 s over 40.
+        note_means(&mut row, &tally, &[1.0, 100.0, 0.5, 50.0], &[1.3, 200.0, 0.7, 90.0]);
+        let note = |k: &str| row.notes.get(k).map(String::as_str);
+        assert_eq!(note("client_mean_ms"), Some("4.00"));
+        assert_eq!(note("handled_mean_ms"), Some("3.00"));
+        assert_eq!(note("confirm_mean_ms"), Some("5.00"));
+
+        let mut row = Row::default();
+        note_means(&mut row, &Tally::new(), &[1.0, 100.0, 0.5, 50.0], &[1.3, 200.0, 0.5, 50.0]);
+        assert_eq!(row.notes.keys().collect::<Vec<_>>(), ["handled_mean_ms"]);
+        let mut row = Row::default();
+        note_means(&mut row, &Tally::new(), &[f64::NAN; 4], &[1.3, 200.0, 0.7, 90.0]);
+        assert!(row.notes.is_empty(), "a failed scrape notes nothing: {:?}", row.notes);
+    }
 }
