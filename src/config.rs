@@ -111,22 +111,54 @@ impl Config {
     /// The broker nodes, in the order they are tried: `urls`, or the one of `url`, of the variable named by
     /// `url_env`, or the local default.
     pub fn broker_urls(&self, env: &dyn secret::Env) -> Result<Vec<String>, ConfigError> {
-        match (&self.broker.urls, &self.broker.url, &self.broker.url_env) {
-            (Some(urls), _, _) if !urls.is_empty() => Ok(urls.clone()),
-            (Some(_), _, _) => Err(ConfigError::key("broker.urls", "must list at least one node")),
-            (None, Some(url), _) => Ok(vec![url.clone()]),
-            (None, None, Some(name)) => env
-                .var(name)
-                .map(|u| vec![u])
-                .ok_or_else(|| ConfigError::key("broker.url_env", format!("environment variable {name} is not set"))),
-            (None, None, None) => Ok(vec![DEFAULT_BROKER_URL.to_string()]),
+        let b = &self.broker;
+        if let Some(urls) = &b.urls {
+            // Checked by validation (`broker.urls[i]`).
+            return Ok(urls.clone());
         }
+        if b.urls_env.is_some() || b.urls_file.is_some() {
+            let key = if b.urls_env.is_some() { "broker.urls_env" } else { "broker.urls_file" };
+            let text = secret::resolve_one("broker.urls", None, b.urls_env.as_deref(), b.urls_file.as_deref(), env)?;
+            let urls: Vec<String> = utf8(key, text.expose())?
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect();
+            if urls.is_empty() || urls.len() > validate::MAX_BROKER_URLS {
+                return Err(ConfigError::key(key, format!("must list 1 to {} nodes", validate::MAX_BROKER_URLS)));
+            }
+            if let Some(i) = urls.iter().position(|u| !is_amqp(u)) {
+                // The URL itself is not shown: it may hold a password.
+                return Err(ConfigError::key(key, format!("node {} must start with amqp:// or amqps://", i + 1)));
+            }
+            return Ok(urls);
+        }
+        if b.url_env.is_some() || b.url_file.is_some() {
+            let key = if b.url_env.is_some() { "broker.url_env" } else { "broker.url_file" };
+            let text = secret::resolve_one("broker.url", None, b.url_env.as_deref(), b.url_file.as_deref(), env)?;
+            let url = utf8(key, text.expose())?.trim().to_string();
+            if !is_amqp(&url) {
+                return Err(ConfigError::key(key, "must start with amqp:// or amqps://"));
+            }
+            return Ok(vec![url]);
+        }
+        Ok(vec![b.url.clone().unwrap_or_else(|| DEFAULT_BROKER_URL.to_string())])
     }
 
     /// The effective configuration as TOML, every secret redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
+}
+
+/// `amqp://` or `amqps://`.
+fn is_amqp(url: &str) -> bool {
+    url.starts_with("amqp://") || url.starts_with("amqps://")
+}
+
+/// A secret's bytes as text, or an error that names `key` (and not the bytes).
+fn utf8<'a>(key: &str, bytes: &'a [u8]) -> Result<&'a str, ConfigError> {
+    std::str::from_utf8(bytes).map_err(|_| ConfigError::key(key, "is not UTF-8 text"))
 }
 
 /// A deserializer's message without the value it is about: `invalid type: integer `42`, expected a string`

@@ -95,9 +95,15 @@ pub struct Broker {
     #[serde(serialize_with = "serialize_url", skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     pub url_env: Option<String>,
+    /// A file holding the URL (a mounted secret; a trailing newline is not part of it).
+    pub url_file: Option<PathBuf>,
     /// The nodes of a cluster, tried in order and in turn on reconnect; each printed with its password redacted.
     #[serde(serialize_with = "serialize_urls", skip_serializing_if = "Option::is_none", default)]
     pub urls: Option<Vec<String>>,
+    /// An environment variable holding the nodes' URLs, separated by commas or whitespace.
+    pub urls_env: Option<String>,
+    /// A file holding the nodes' URLs (a mounted secret), separated by newlines, commas or whitespace.
+    pub urls_file: Option<PathBuf>,
     #[serde(default = "default_exchange")]
     pub exchange: String,
     #[serde(default = "default_true")]
@@ -114,7 +120,10 @@ impl Default for Broker {
         Broker {
             url: None,
             url_env: None,
+            url_file: None,
             urls: None,
+            urls_env: None,
+            urls_file: None,
             exchange: default_exchange(),
             declare_exchange: true,
             alternate_exchange: None,
@@ -123,7 +132,7 @@ impl Default for Broker {
     }
 }
 
-/// The default broker URL when neither `url` nor `url_env` is given.
+/// The default broker URL when no form of `url` or `urls` is given.
 pub const DEFAULT_BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Replaces the password of `scheme://user:password@host` with `<redacted>`.

@@ -153,7 +153,7 @@ fn broker_urls_rules_and_redaction() {
     for (text, expected) in [
         (
             "[broker]\nurl = \"amqp://h/\"\nurls = [\"amqp://h/\"]\n",
-            "`broker.url`: give one of `url`, `url_env` or `urls`",
+            "`broker.url`: give one of `url`, `url_env`, `url_file`, `urls`, `urls_env` or `urls_file`",
         ),
         ("[broker]\nurl_env = \"X\"\nurls = [\"amqp://h/\"]\n", "`broker.url`: give one of"),
         ("[broker]\nurls = []\n", "`broker.urls`: must list 1 to 16 nodes"),
@@ -162,6 +162,44 @@ fn broker_urls_rules_and_redaction() {
         let e = err(&format!("{text}{MINIMAL}"));
         assert!(e.contains(expected), "{text:?}: {e}");
     }
+}
+
+#[test]
+fn broker_urls_from_the_environment_or_a_file_keep_the_credentials_out_of_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (list, one) = (dir.path().join("urls"), dir.path().join("url"));
+    std::fs::write(&list, "amqp://u:pw1@a:5672/%2f\namqps://u:pw2@b:5671/%2f\n\n").unwrap();
+    std::fs::write(&one, "amqps://u:pw3@c:5671/%2f\n").unwrap();
+    let env = std::collections::HashMap::from([
+        ("BROKERS".to_string(), "amqp://u:pw1@a:5672/%2f, amqps://u:pw2@b:5671/%2f".to_string()),
+        ("BAD".to_string(), "amqp://u:pw1@a/,http://u:pw9@b/".to_string()),
+        ("HTTP".to_string(), "http://u:pw9@b/".to_string()),
+    ]);
+    let urls = |text: &str| {
+        let cfg = Config::parse(&format!("[broker]\n{text}\n{MINIMAL}")).and_then(Config::validate)?;
+        let printed = cfg.to_redacted_toml();
+        assert!(!printed.contains("pw"), "{printed}");
+        cfg.broker_urls(&env)
+    };
+    let two = ["amqp://u:pw1@a:5672/%2f", "amqps://u:pw2@b:5671/%2f"];
+    assert_eq!(urls("urls_env = \"BROKERS\"").unwrap(), two);
+    assert_eq!(urls(&format!("urls_file = {:?}", list.display().to_string())).unwrap(), two);
+    assert_eq!(urls(&format!("url_file = {:?}", one.display().to_string())).unwrap(), ["amqps://u:pw3@c:5671/%2f"]);
+    for (text, expected) in [
+        ("urls_env = \"UNSET\"".to_string(), "`broker.urls_env`: environment variable UNSET is not set"),
+        ("urls_env = \"BAD\"".to_string(), "`broker.urls_env`: node 2 must start with amqp:// or amqps://"),
+        ("url_env = \"HTTP\"".to_string(), "`broker.url_env`: must start with amqp:// or amqps://"),
+        (format!("url_file = {:?}", dir.path().join("none").display().to_string()), "`broker.url_file`: cannot read"),
+        (format!("url = \"amqp://h/\"\nurls_file = {:?}", list.display().to_string()), "`broker.url`: give one of"),
+    ] {
+        let e = urls(&text).unwrap_err().to_string();
+        assert!(e.contains(expected), "{text:?}: {e}");
+        assert!(!e.contains("pw"), "a URL's password in an error: {e}");
+    }
+    let blank = dir.path().join("blank");
+    std::fs::write(&blank, ",\n").unwrap();
+    let e = urls(&format!("urls_file = {:?}", blank.display().to_string())).unwrap_err().to_string();
+    assert!(e.contains("`broker.urls_file`: must list 1 to 16 nodes"), "{e}");
 }
 
 #[test]

@@ -96,11 +96,16 @@ impl Config {
 
     fn validate_broker(&self) -> Result<(), ConfigError> {
         let b = &self.broker;
-        let forms = usize::from(b.url.is_some()) + usize::from(b.url_env.is_some()) + usize::from(b.urls.is_some());
+        let given = [b.url.is_some(), b.url_env.is_some(), b.url_file.is_some()];
+        let given_many = [b.urls.is_some(), b.urls_env.is_some(), b.urls_file.is_some()];
+        let forms = given.iter().chain(&given_many).filter(|g| **g).count();
         if forms > 1 {
-            return Err(ConfigError::key("broker.url", "give one of `url`, `url_env` or `urls`"));
+            return Err(ConfigError::key(
+                "broker.url",
+                "give one of `url`, `url_env`, `url_file`, `urls`, `urls_env` or `urls_file`",
+            ));
         }
-        let amqp = |url: &str| url.starts_with("amqp://") || url.starts_with("amqps://");
+        let amqp = super::is_amqp;
         if b.url.as_deref().is_some_and(|u| !amqp(u)) {
             return Err(ConfigError::key("broker.url", "must start with amqp:// or amqps://"));
         }
@@ -224,7 +229,7 @@ fn validate_body_cap(name: &str, max_body_bytes: u64, inflight: u64) -> Result<(
 }
 
 /// The most broker nodes `broker.urls` may list (a cluster is a handful of nodes).
-const MAX_BROKER_URLS: usize = 16;
+pub(super) const MAX_BROKER_URLS: usize = 16;
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 

@@ -1,7 +1,8 @@
 //! `broker.urls`: two "nodes" (two harness proxies in front of the shared broker). Cutting the one the gateway is
 //! connected to, under load, makes it reconnect through the other; every delivery answered `200` reaches the queue
 //! (lost = 0), none more than once beyond the publishes in flight at the cut, and every answer leaves before the
-//! source's deadline.
+//! source's deadline. The nodes may also come from the environment or a file (`urls_env`, `urls_file`: a cluster's
+//! credentials kept out of the config file).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::{urls_form, Gateway, Proxy, JSON};
+use crate::support::{amqp_url, urls_form, Gateway, Opts, Proxy, JSON};
 
 /// The load comes from one client address, well above the default `per_client` limit (1,000/s) once publishes
 /// are quick: this test is about failover, not the limiter.
@@ -115,4 +116,27 @@ async fn cutting_the_connected_node_fails_over_to_the_next_without_losing_an_ack
     q.close().await;
     gw.stop().await;
     b.cut();
+}
+
+/// `broker.urls_env`: the nodes come from the environment (a Kubernetes Secret, say), tried in order — the first
+/// refuses connections, the second is the broker — and a delivery is published through the second.
+#[tokio::test]
+async fn nodes_from_the_environment_are_tried_in_order() {
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let nodes = format!("amqp://guest:guest@127.0.0.1:{refused}/%2f, {}", amqp_url());
+    let env = HashMap::from([("HOOKGATE_TEST_BROKERS".to_string(), nodes)]);
+    let opts = Opts { broker: "urls_env = \"HOOKGATE_TEST_BROKERS\"\n".into(), ..Opts::default() };
+    let gw = Gateway::start_opts(SOURCES, "", env, opts).await;
+    gw.wait_ready().await;
+    let mut q = gw.queue("#").await;
+    let body = br#"{"event":"nodes-from-env","n":1}"#;
+    let r = gw.post("/webhooks/generic", &JSON, body).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    let m = q.next(Duration::from_secs(5)).await.expect("published through the second node");
+    assert_eq!(m.body, body);
+    q.close().await;
+    gw.stop().await;
 }

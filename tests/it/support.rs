@@ -117,8 +117,13 @@ pub fn base_config_with(exchange: &str, amqp: &str, server: &str, broker: &str) 
             server.push_str(&format!("{key} = {value}\n"));
         }
     }
-    // A TOML array (see [`urls_form`]) is the cluster form, `broker.urls`.
-    let node = if amqp.starts_with('[') { format!("urls = {amqp}") } else { format!("url = \"{amqp}\"") };
+    // A TOML array (see [`urls_form`]) is the cluster form, `broker.urls`; an empty one leaves the node to the
+    // `[broker]` extras (`urls_env`, `url_file`, ...).
+    let node = match amqp {
+        "" => String::new(),
+        _ if amqp.starts_with('[') => format!("urls = {amqp}"),
+        _ => format!("url = \"{amqp}\""),
+    };
     format!("[broker]\n{node}\nexchange = \"{exchange}\"\npublish_timeout = \"1s\"\n{broker}\n[server]\n{server}")
 }
 
