@@ -204,7 +204,7 @@ def check_config(docs, existing=None):
         ok(f'listen = "0.0.0.0:{ports["admin"]}"' in effective and f'listen = "0.0.0.0:{ports["public"]}"' in effective, "listen addresses match the container ports")
         data_mount = [m["mountPath"] for m in c["volumeMounts"] if m["name"] == "data"][0]
         ok(f'data_dir = "{root}{data_mount}/' in effective, "data_dir is on the volumeClaimTemplate's mount")
-        ok("<redacted>" in effective or "url_env" in effective, "secrets redacted")
+        ok("<redacted>" in effective or "urls_env" in effective, "secrets redacted")
         return effective
 
 
@@ -359,6 +359,17 @@ def main():
         check_config(docs, existing)
         print("existing Secrets: manifests valid, check-config ok")
 
+    # A cluster's nodes in broker.url, separated by commas: they stay in the Secret, and check-config resolves
+    # them from HOOKGATE_BROKER_URL (broker.urls_env).
+    nodes = "amqp://u:pw0@rabbit-0:5672/%2f,amqp://u:pw1@rabbit-1:5672/%2f"
+    docs = helm_template("--set", "broker.url=" + nodes.replace(",", "\\,"))
+    (secret,) = [d for d in by_kind(docs, "Secret") if "url" in d.get("data", {})]
+    ok(base64.b64decode(secret["data"]["url"]).decode() == nodes, "the Secret holds every node")
+    ok(all("pw0" not in yaml.safe_dump(d) for d in by_kind(docs, "ConfigMap")), "no node's credentials in the ConfigMap")
+    eff = check_config(docs)
+    ok('urls_env = "HOOKGATE_BROKER_URL"' in eff and "pw0" not in eff, "the config names the variable, not the URLs")
+    print("a cluster's nodes in broker.url: kept in the Secret, check-config resolves them")
+
     # Every optional part off.
     docs = helm_template("-f", os.path.join(CHART, "ci", "all-off-values.yaml"))
     validate_schemas(docs)
@@ -397,6 +408,8 @@ def main():
     ok("not a redis:// or rediss:// URL" in err, f"bad redis url: {err}")
     err = helm_template("--set", "config.broker.urls={amqp://u:p@rabbit-0:5672/%2f,amqp://u:p@rabbit-1:5672/%2f}", expect_fail=True)
     ok("would put the broker's credentials into the ConfigMap" in err, f"broker urls in the ConfigMap: {err}")
+    err = helm_template("--set", "config.broker.urls_file=/etc/urls", expect_fail=True)
+    ok("not config.broker.urls_file" in err, f"a broker form the chart owns: {err}")
     print("refused renders: replicas without Redis, grace period below the drain deadline, bad Redis URL, broker URLs in the ConfigMap")
     print(f"chart checks: {CHECKS} passed, 0 failed")
 

@@ -96,8 +96,10 @@ anything else, naming the value.
 {{- if and (not .Values.broker.url) (not .Values.broker.existingSecret) -}}
 {{- fail "hookgate: set broker.url (amqp://user:pass@host:5672/vhost, kept in a Secret) or broker.existingSecret" -}}
 {{- end -}}
-{{- if or (dig "broker" "urls" "" .Values.config) (dig "broker" "url" "" .Values.config) (dig "broker" "url_env" "" .Values.config) -}}
-{{- fail "hookgate: set the broker with broker.url or broker.existingSecret (kept in a Secret), not config.broker.url/url_env/urls: config.broker.urls would put the broker's credentials into the ConfigMap. For a RabbitMQ cluster point broker.url at the cluster's client Service, which spreads connections over the nodes." -}}
+{{- range $form := list "url" "url_env" "url_file" "urls" "urls_env" "urls_file" -}}
+{{- if dig "broker" $form "" $.Values.config -}}
+{{- fail (printf "hookgate: set the broker with broker.url or broker.existingSecret (kept in a Secret), not config.broker.%s: config.broker.urls would put the broker's credentials into the ConfigMap. For a RabbitMQ cluster give its nodes in broker.url separated by commas (tried in order, and in turn on reconnect), or point it at the cluster's client Service." $form) -}}
+{{- end -}}
 {{- end -}}
 {{- if empty .Values.config.sources -}}
 {{- fail "hookgate: config.sources is empty; add at least one source (see values.yaml)" -}}
@@ -111,7 +113,7 @@ anything else, naming the value.
 
 {{/*
 The gateway's TOML (SPEC §5): .Values.config as written, plus the keys the chart owns (listen addresses,
-mounted file paths, data_dir, the shared store, the broker URL variable).
+mounted file paths, data_dir, the shared store, the broker URLs' variable).
 */}}
 {{- define "hookgate.config" -}}
 {{- $p := include "hookgate.paths" . | fromYaml -}}
@@ -136,7 +138,8 @@ mounted file paths, data_dir, the shared store, the broker URL variable).
 {{- $_ := set $c "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.ports.admin))) -}}
 {{- $broker := default dict $c.broker -}}
 {{- $_ := unset $broker "url" -}}
-{{- $_ := set $broker "url_env" "HOOKGATE_BROKER_URL" -}}
+{{- /* urls_env: the Secret holds one URL, or a cluster's nodes separated by commas. */ -}}
+{{- $_ := set $broker "urls_env" "HOOKGATE_BROKER_URL" -}}
 {{- $_ := set $c "broker" $broker -}}
 {{- $storage := default dict $c.storage -}}
 {{- /* A directory of its own on the volume: the gateway makes it 0700 (the volume root belongs to root). */ -}}
