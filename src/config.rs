@@ -108,37 +108,34 @@ impl Config {
         })
     }
 
-    /// The broker nodes, in the order they are tried: `urls`, or the one of `url`, of the variable named by
-    /// `url_env`, or the local default.
+    /// The broker nodes, in the order they are tried: `urls`; the nodes in the variable or file named by
+    /// `urls_env` / `urls_file` (separated by commas or whitespace); the one URL of `url`, `url_env` or `url_file`;
+    /// or the local default. Validation allows one form at most.
     pub fn broker_urls(&self, env: &dyn secret::Env) -> Result<Vec<String>, ConfigError> {
         let b = &self.broker;
         if let Some(urls) = &b.urls {
             // Checked by validation (`broker.urls[i]`).
             return Ok(urls.clone());
         }
-        if b.urls_env.is_some() || b.urls_file.is_some() {
-            let key = if b.urls_env.is_some() { "broker.urls_env" } else { "broker.urls_file" };
-            let text = secret::resolve_one("broker.urls", None, b.urls_env.as_deref(), b.urls_file.as_deref(), env)?;
-            let urls: Vec<String> = utf8(key, text.expose())?
+        if let Some((key, text)) = secret_text("broker.urls", b.urls_env.as_deref(), b.urls_file.as_deref(), env)? {
+            let urls: Vec<String> = text
                 .split(|c: char| c == ',' || c.is_whitespace())
                 .filter(|u| !u.is_empty())
                 .map(str::to_string)
                 .collect();
             if urls.is_empty() || urls.len() > validate::MAX_BROKER_URLS {
-                return Err(ConfigError::key(key, format!("must list 1 to {} nodes", validate::MAX_BROKER_URLS)));
+                return Err(ConfigError::key(&key, format!("must list 1 to {} nodes", validate::MAX_BROKER_URLS)));
             }
             if let Some(i) = urls.iter().position(|u| !is_amqp(u)) {
                 // The URL itself is not shown: it may hold a password.
-                return Err(ConfigError::key(key, format!("node {} must start with amqp:// or amqps://", i + 1)));
+                return Err(ConfigError::key(&key, format!("node {} must start with amqp:// or amqps://", i + 1)));
             }
             return Ok(urls);
         }
-        if b.url_env.is_some() || b.url_file.is_some() {
-            let key = if b.url_env.is_some() { "broker.url_env" } else { "broker.url_file" };
-            let text = secret::resolve_one("broker.url", None, b.url_env.as_deref(), b.url_file.as_deref(), env)?;
-            let url = utf8(key, text.expose())?.trim().to_string();
+        if let Some((key, text)) = secret_text("broker.url", b.url_env.as_deref(), b.url_file.as_deref(), env)? {
+            let url = text.trim().to_string();
             if !is_amqp(&url) {
-                return Err(ConfigError::key(key, "must start with amqp:// or amqps://"));
+                return Err(ConfigError::key(&key, "must start with amqp:// or amqps://"));
             }
             return Ok(vec![url]);
         }
@@ -156,9 +153,21 @@ fn is_amqp(url: &str) -> bool {
     url.starts_with("amqp://") || url.starts_with("amqps://")
 }
 
-/// A secret's bytes as text, or an error that names `key` (and not the bytes).
-fn utf8<'a>(key: &str, bytes: &'a [u8]) -> Result<&'a str, ConfigError> {
-    std::str::from_utf8(bytes).map_err(|_| ConfigError::key(key, "is not UTF-8 text"))
+/// The text given by `<key>_env` or `<key>_file` (none if neither is set), and which of the two keys gave it.
+/// Errors name that key, never the text.
+fn secret_text(
+    key: &str,
+    var: Option<&str>,
+    file: Option<&Path>,
+    env: &dyn secret::Env,
+) -> Result<Option<(String, String)>, ConfigError> {
+    if var.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    let which = format!("{key}{}", if var.is_some() { "_env" } else { "_file" });
+    let secret = secret::resolve_one(key, None, var, file, env)?;
+    let text = std::str::from_utf8(secret.expose()).map_err(|_| ConfigError::key(&which, "is not UTF-8 text"))?;
+    Ok(Some((which, text.to_string())))
 }
 
 /// A deserializer's message without the value it is about: `invalid type: integer `42`, expected a string`

@@ -200,6 +200,10 @@ fn broker_urls_from_the_environment_or_a_file_keep_the_credentials_out_of_the_co
     std::fs::write(&blank, ",\n").unwrap();
     let e = urls(&format!("urls_file = {:?}", blank.display().to_string())).unwrap_err().to_string();
     assert!(e.contains("`broker.urls_file`: must list 1 to 16 nodes"), "{e}");
+    let binary = dir.path().join("binary");
+    std::fs::write(&binary, [0xff, 0xfe]).unwrap();
+    let e = urls(&format!("url_file = {:?}", binary.display().to_string())).unwrap_err().to_string();
+    assert!(e.contains("`broker.url_file`: is not UTF-8 text"), "{e}");
 }
 
 #[test]
