@@ -118,11 +118,7 @@ impl Config {
             return Ok(urls.clone());
         }
         if let Some((key, text)) = secret_text("broker.urls", b.urls_env.as_deref(), b.urls_file.as_deref(), env)? {
-            let urls: Vec<String> = text
-                .split(|c: char| c == ',' || c.is_whitespace())
-                .filter(|u| !u.is_empty())
-                .map(str::to_string)
-                .collect();
+            let urls = split_nodes(&text);
             if urls.is_empty() || urls.len() > validate::MAX_BROKER_URLS {
                 return Err(ConfigError::key(&key, format!("must list 1 to {} nodes", validate::MAX_BROKER_URLS)));
             }
@@ -146,6 +142,24 @@ impl Config {
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))
     }
+}
+
+/// The nodes of a `urls_env`/`urls_file` text, separated by whitespace or commas. A comma separates only where
+/// the next URL starts (`amqp://`, `amqps://`): a password may hold a comma unencoded.
+fn split_nodes(text: &str) -> Vec<String> {
+    let mut nodes: Vec<String> = Vec::new();
+    for word in text.split_whitespace().map(|w| w.trim_matches(',')).filter(|w| !w.is_empty()) {
+        for (i, piece) in word.split(',').enumerate() {
+            match nodes.last_mut() {
+                Some(node) if i > 0 && !is_amqp(piece) => {
+                    node.push(',');
+                    node.push_str(piece);
+                }
+                _ => nodes.push(piece.to_string()),
+            }
+        }
+    }
+    nodes
 }
 
 /// `amqp://` or `amqps://`.

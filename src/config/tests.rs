@@ -172,7 +172,8 @@ fn broker_urls_from_the_environment_or_a_file_keep_the_credentials_out_of_the_co
     std::fs::write(&one, "amqps://u:pw3@c:5671/%2f\n").unwrap();
     let env = std::collections::HashMap::from([
         ("BROKERS".to_string(), "amqp://u:pw1@a:5672/%2f, amqps://u:pw2@b:5671/%2f".to_string()),
-        ("BAD".to_string(), "amqp://u:pw1@a/,http://u:pw9@b/".to_string()),
+        ("BAD".to_string(), "amqp://u:pw1@a/\nhttp://u:pw9@b/".to_string()),
+        ("COMMA".to_string(), "amqp://u:p,w1@a/%2f,amqp://u:pw2@b/%2f,".to_string()),
         ("HTTP".to_string(), "http://u:pw9@b/".to_string()),
     ]);
     let urls = |text: &str| {
@@ -183,6 +184,8 @@ fn broker_urls_from_the_environment_or_a_file_keep_the_credentials_out_of_the_co
     };
     let two = ["amqp://u:pw1@a:5672/%2f", "amqps://u:pw2@b:5671/%2f"];
     assert_eq!(urls("urls_env = \"BROKERS\"").unwrap(), two);
+    // A comma separates only where the next URL starts: one in a password stays in it.
+    assert_eq!(urls("urls_env = \"COMMA\"").unwrap(), ["amqp://u:p,w1@a/%2f", "amqp://u:pw2@b/%2f"]);
     assert_eq!(urls(&format!("urls_file = {:?}", list.display().to_string())).unwrap(), two);
     assert_eq!(urls(&format!("url_file = {:?}", one.display().to_string())).unwrap(), ["amqps://u:pw3@c:5671/%2f"]);
     for (text, expected) in [
