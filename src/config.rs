@@ -119,19 +119,16 @@ impl Config {
         }
         if let Some((key, text)) = secret_text("broker.urls", b.urls_env.as_deref(), b.urls_file.as_deref(), env)? {
             let urls = split_nodes(&text);
-            if urls.is_empty() || urls.len() > validate::MAX_BROKER_URLS {
-                return Err(ConfigError::key(&key, format!("must list 1 to {} nodes", validate::MAX_BROKER_URLS)));
-            }
-            if let Some(i) = urls.iter().position(|u| !is_amqp(u)) {
-                // The URL itself is not shown: it may hold a password.
-                return Err(ConfigError::key(&key, format!("node {} must start with amqp:// or amqps://", i + 1)));
+            if let Some((node, reason)) = validate::nodes_fault(&urls) {
+                let reason = node.map_or_else(|| reason.clone(), |i| format!("node {} {reason}", i + 1));
+                return Err(ConfigError::key(&key, reason));
             }
             return Ok(urls);
         }
         if let Some((key, text)) = secret_text("broker.url", b.url_env.as_deref(), b.url_file.as_deref(), env)? {
             let url = text.trim().to_string();
-            if !is_amqp(&url) {
-                return Err(ConfigError::key(&key, "must start with amqp:// or amqps://"));
+            if let Some((_, reason)) = validate::nodes_fault(&[&url]) {
+                return Err(ConfigError::key(&key, reason));
             }
             return Ok(vec![url]);
         }

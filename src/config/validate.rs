@@ -105,17 +105,12 @@ impl Config {
                 "give one of `url`, `url_env`, `url_file`, `urls`, `urls_env` or `urls_file`",
             ));
         }
-        let amqp = super::is_amqp;
-        if b.url.as_deref().is_some_and(|u| !amqp(u)) {
-            return Err(ConfigError::key("broker.url", "must start with amqp:// or amqps://"));
+        if let Some((_, reason)) = b.url.as_ref().and_then(|url| nodes_fault(&[url])) {
+            return Err(ConfigError::key("broker.url", reason));
         }
-        if let Some(urls) = &b.urls {
-            if urls.is_empty() || urls.len() > MAX_BROKER_URLS {
-                return Err(ConfigError::key("broker.urls", format!("must list 1 to {MAX_BROKER_URLS} nodes")));
-            }
-            if let Some(i) = urls.iter().position(|u| !amqp(u)) {
-                return Err(ConfigError::key(&format!("broker.urls[{i}]"), "must start with amqp:// or amqps://"));
-            }
+        if let Some((node, reason)) = b.urls.as_deref().and_then(nodes_fault) {
+            let key = node.map_or_else(|| "broker.urls".to_string(), |i| format!("broker.urls[{i}]"));
+            return Err(ConfigError::key(&key, reason));
         }
         if self.broker.exchange.is_empty() || self.broker.exchange.len() > 240 {
             return Err(ConfigError::key("broker.exchange", "must be 1 to 240 bytes"));
@@ -229,7 +224,18 @@ fn validate_body_cap(name: &str, max_body_bytes: u64, inflight: u64) -> Result<(
 }
 
 /// The most broker nodes `broker.urls` may list (a cluster is a handful of nodes).
-pub(super) const MAX_BROKER_URLS: usize = 16;
+const MAX_BROKER_URLS: usize = 16;
+
+/// The first fault of a list of broker nodes, if any: `(None, reason)` for its length, `(Some(i), reason)` for node
+/// `i` (0-based) whose URL is not `amqp://` or `amqps://`. The reason never holds a URL (it may hold a password).
+/// Every form of `[broker]` is checked by it: inline here, `_env`/`_file` when they are read.
+pub(super) fn nodes_fault<S: AsRef<str>>(urls: &[S]) -> Option<(Option<usize>, String)> {
+    if urls.is_empty() || urls.len() > MAX_BROKER_URLS {
+        return Some((None, format!("must list 1 to {MAX_BROKER_URLS} nodes")));
+    }
+    let i = urls.iter().position(|u| !super::is_amqp(u.as_ref()))?;
+    Some((Some(i), "must start with amqp:// or amqps://".to_string()))
+}
 
 const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 
