@@ -10,7 +10,6 @@ import base64
 import json
 import os
 import re
-import socket
 import ssl
 import subprocess
 import sys
@@ -20,6 +19,8 @@ import http.client
 
 import kubernetes_validate
 import yaml
+
+from ports import free_port
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "helm", "hookgate")
@@ -207,11 +208,6 @@ def check_config(docs, existing=None):
         ok("<redacted>" in effective or "urls_env" in effective, "secrets redacted")
         return effective
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(port, cafile, path, body, headers):

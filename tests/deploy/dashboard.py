@@ -26,6 +26,8 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from ports import free_port
+
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 CHART = os.path.join(ROOT, "helm", "hookgate")
 HOOKGATE = os.environ["HOOKGATE_BIN"]
@@ -42,11 +44,6 @@ def ok(cond, what):
         raise AssertionError(what)
     CHECKS += 1
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 TLS = None  # the client context trusting the gateway's test certificate

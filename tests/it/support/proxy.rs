@@ -29,7 +29,8 @@ struct ProxyState {
 
 impl Proxy {
     pub async fn start() -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        // A port no outgoing connection can take while the proxy is cut, so that `restore` can bind it again.
+        let listener = TcpListener::bind(("127.0.0.1", super::free_port())).await.expect("bind proxy");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(ProxyState::default()));
         let task = tokio::spawn(accept_loop(listener, state.clone()));
