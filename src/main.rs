@@ -1,12 +1,12 @@
 //! The `hookgate` binary: parse arguments, load and validate the config (exit 64 on a mistake), start the
 //! gateway, wait for a signal, drain, exit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use hookgate::config::{secret::ProcessEnv, Config};
+use hookgate::config::{secret::ProcessEnv, Config, ConfigError};
 use tokio_util::sync::CancellationToken;
 
 /// jemalloc instead of glibc malloc (see Cargo.toml): less CPU per event on the request path and in the state
@@ -81,24 +81,27 @@ fn main() -> ExitCode {
     };
     let config = match Config::load(&path) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("hookgate: invalid configuration: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+        Err(e) => return invalid(&path, e),
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::CheckConfig => check_config(&config),
-        Command::Sign { source, body } => sign(&config, &source, &body),
+        Command::CheckConfig => check_config(&config, &path),
+        Command::Sign { source, body } => sign(&config, &path, &source, &body),
         Command::Run => run(config, &path),
-        Command::Tail { bind, count } => tail(&config, &bind, count),
-        Command::Spool { action } => spool(&config, action),
+        Command::Tail { bind, count } => tail(&config, &path, &bind, count),
+        Command::Spool { action } => spool(&config, &path, action),
     }
 }
 
-fn spool(config: &Config, action: SpoolAction) -> ExitCode {
+/// A configuration mistake, exit 64. One found after the file was read (a secret's variable not set or file not
+/// readable, a certificate, the spool key) names the file as a mistake in the file's own text does.
+fn invalid(path: &Path, error: ConfigError) -> ExitCode {
+    eprintln!("hookgate: invalid configuration: {}", error.in_file(path));
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn spool(config: &Config, path: &Path, action: SpoolAction) -> ExitCode {
     if let Err(e) = hookgate::spool::crypto::load_key(&config.storage, &ProcessEnv) {
-        eprintln!("hookgate: invalid configuration: {e}");
-        return ExitCode::from(EXIT_USAGE);
+        return invalid(path, e);
     }
     let result = match action {
         SpoolAction::Stats => hookgate::spool::command::stats(config, &ProcessEnv).map(|(s, parked)| {
@@ -126,26 +129,24 @@ fn spool(config: &Config, action: SpoolAction) -> ExitCode {
     }
 }
 
-fn check_config(config: &Config) -> ExitCode {
+fn check_config(config: &Config, path: &Path) -> ExitCode {
     // Building every source resolves its secrets, so a missing variable or file is caught here too.
     let built = hookgate::source::build_all(config, &ProcessEnv)
         .and_then(|_| hookgate::poll::check_all(config, &ProcessEnv))
         .and_then(|_| config.broker_urls(&ProcessEnv));
     if let Err(e) = built {
-        eprintln!("hookgate: invalid configuration: {e}");
-        return ExitCode::from(EXIT_USAGE);
+        return invalid(path, e);
     }
     if let Some(tls) = &config.server.tls {
         if let Err(e) = hookgate::tls::server_config(tls) {
-            eprintln!("hookgate: invalid configuration: {e}");
-            return ExitCode::from(EXIT_USAGE);
+            return invalid(path, e);
         }
     }
     print!("{}", config.to_redacted_toml());
     ExitCode::SUCCESS
 }
 
-fn tail(config: &Config, bind: &str, count: Option<u64>) -> ExitCode {
+fn tail(config: &Config, path: &Path, bind: &str, count: Option<u64>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -155,14 +156,17 @@ fn tail(config: &Config, bind: &str, count: Option<u64>) -> ExitCode {
     };
     match runtime.block_on(hookgate::tail::run(config, &ProcessEnv, bind, count)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("hookgate tail: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast::<ConfigError>() {
+            Ok(e) => invalid(path, e),
+            Err(e) => {
+                eprintln!("hookgate tail: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-fn sign(config: &Config, source: &str, body: &std::path::Path) -> ExitCode {
+fn sign(config: &Config, path: &Path, source: &str, body: &Path) -> ExitCode {
     let Some(hmac) = config.sources.get(source).map(|s| &s.auth.hmac) else {
         eprintln!("hookgate: no source named {source:?} in the configuration");
         return ExitCode::from(EXIT_USAGE);
@@ -186,14 +190,11 @@ fn sign(config: &Config, source: &str, body: &std::path::Path) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("hookgate: invalid configuration: {e}");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Err(e) => invalid(path, e),
     }
 }
 
-fn run(config: Config, path: &std::path::Path) -> ExitCode {
+fn run(config: Config, path: &Path) -> ExitCode {
     hookgate::telemetry::init(&config.logging, std::env::var("RUST_LOG").ok());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -216,14 +217,16 @@ fn run(config: Config, path: &std::path::Path) -> ExitCode {
         let app = match hookgate::App::start(&config, path, Arc::new(ProcessEnv), listeners, shutdown.clone()).await {
             Ok(app) => app,
             // A configuration mistake exits 64; anything else (data_dir unusable, Redis unreachable) exits 1.
-            Err(error) if error.downcast_ref::<hookgate::config::ConfigError>().is_some() => {
-                tracing::error!(error = format!("{error:#}"), "invalid configuration");
-                return ExitCode::from(EXIT_USAGE);
-            }
-            Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "cannot start");
-                return ExitCode::FAILURE;
-            }
+            Err(error) => match error.downcast::<ConfigError>() {
+                Ok(error) => {
+                    tracing::error!(error = %error.in_file(path), "invalid configuration");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "cannot start");
+                    return ExitCode::FAILURE;
+                }
+            },
         };
         hookgate::shutdown::on_signals(shutdown.clone());
         hangups.serve(app.reloader(), shutdown.clone());

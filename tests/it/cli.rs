@@ -46,6 +46,47 @@ fn a_bad_config_exits_64_naming_file_and_key() {
     );
 }
 
+/// A secret that cannot be resolved (a variable not set, a file not readable) is a configuration mistake like one in
+/// the file's text: every command that meets it exits 64 and names the file and the key.
+#[test]
+fn an_unresolvable_secret_exits_64_naming_file_and_key_in_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("secrets.toml");
+    let file = path.to_str().unwrap();
+    let data = dir.path().join("data");
+    let write = |broker: &str, storage: &str, hmac: &str| {
+        let text = format!(
+            "[broker]\n{broker}[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [storage]\ndata_dir = \"{}\"\n{storage}[sources.card]\npreset = \"prepaid-card\"\n\
+             [sources.card.auth]\nhmac = {{ scheme = \"x-signature\", {hmac} }}\n",
+            data.display()
+        );
+        std::fs::write(&path, text).unwrap();
+    };
+    let expect = |args: &[&str], key: &str, reason: &str| {
+        let (code, out, err) = hookgate(args);
+        let said = format!("{out}{err}");
+        assert_eq!(code, 64, "{args:?}: {said}");
+        assert!(said.contains(file) && said.contains(&format!("`{key}`")) && said.contains(reason), "{args:?}: {said}");
+    };
+    let secret = "secrets = [\"card-s3cret\"]";
+
+    write("url_env = \"HOOKGATE_TEST_UNSET_URL\"\n", "", secret);
+    for command in ["check-config", "run", "tail"] {
+        expect(&[command, "--config", file], "broker.url_env", "HOOKGATE_TEST_UNSET_URL is not set");
+    }
+    write("", "", "secrets_env = [\"HOOKGATE_TEST_UNSET_CARD\"]");
+    let body = dir.path().join("body.json");
+    std::fs::write(&body, b"{}").unwrap();
+    let sign = ["sign", "--config", file, "--source", "card", "--body", body.to_str().unwrap()];
+    expect(&sign, "sources.card.auth.hmac.secrets_env", "HOOKGATE_TEST_UNSET_CARD is not set");
+    let key = dir.path().join("no-such-key");
+    write("", &format!("spool_key_file = \"{}\"\n", key.display()), secret);
+    for args in [&["spool", "stats", "--config", file][..], &["run", "--config", file]] {
+        expect(args, "storage.spool_key_file", "no-such-key");
+    }
+}
+
 #[test]
 fn check_config_resolves_the_pollers_secrets() {
     let dir = tempfile::tempdir().unwrap();
