@@ -1,7 +1,8 @@
 //! The scale-out run: a 3-node RabbitMQ cluster of the run's own (own node names, ports, data dirs; joined with
 //! `rabbitmqctl join_cluster`), a quorum queue bound to the exchange, the gateway given all three in
 //! `broker.urls`; under load the node the gateway is connected to is killed (`kill -9`). Reports lost,
-//! unexpected, duplicates, late answers, the longest gap between two `200` answers and the events spooled.
+//! unexpected, duplicates, late answers, the longest gap between two `200` answers, the events spooled, and whether
+//! the alternate exchange's queue (`<exchange>.unrouted`, a quorum queue) is still there without the killed node.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -71,7 +72,13 @@ pub async fn run(bin: &Path, work: &Path) -> anyhow::Result<bool> {
     let spooled = gw.metric("hookgate_spooled_total").await - spooled_before;
     let survivor = nodes.iter().enumerate().find(|(i, _)| *i != victim).map(|(_, n)| n.url()).unwrap_or_default();
     let consumed = drain_queue(&survivor, QUORUM).await?;
-    let ok = report(&load, &consumed, killed_at, reconnected, spooled);
+    let kept = unrouted_kept(&survivor).await?;
+    println!(
+        "\nthe alternate exchange's queue {EXCHANGE}.unrouted without the killed node: {}",
+        if kept { "kept" } else { "NOT FOUND" }
+    );
+    let ok = report(&load, &consumed, killed_at, reconnected, spooled) && kept;
+    println!("\noracle: {}", if ok { "PASS" } else { "FAIL" });
     gw.stop().await;
     for n in nodes.iter_mut().rev() {
         n.stop();
@@ -90,6 +97,18 @@ async fn bind_quorum(url: &str) -> anyhow::Result<()> {
         .await?;
     let _ = conn.close(200, "bound".into()).await;
     Ok(())
+}
+
+/// Whether the alternate exchange's queue outlived the killed node (its declare on a surviving node; a classic
+/// queue whose home node is down answers NOT_FOUND).
+async fn unrouted_kept(url: &str) -> anyhow::Result<bool> {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let queue = format!("{EXCHANGE}.unrouted");
+    let kept = ch.queue_declare(queue.as_str().into(), passive, FieldTable::default()).await.is_ok();
+    let _ = conn.close(200, "checked".into()).await;
+    Ok(kept)
 }
 
 fn report(
@@ -129,6 +148,5 @@ fn report(
         answers.len(),
         acked.len(),
     );
-    println!("\noracle: {}", if ok { "PASS" } else { "FAIL" });
     ok
 }

@@ -194,11 +194,10 @@ pub(crate) async fn declare(conn: &Connection, s: &super::Settings) -> Result<()
     }
     let mut args = FieldTable::default();
     if let Some(ae) = &s.alternate_exchange {
-        // On a channel of its own: in a cluster, the durable queue may live on a node that is down, and the
-        // gateway must still publish through the nodes that are up (broker.urls).
-        let ach = conn.create_channel().await?;
-        match declare_alternate(&ach, ae).await {
-            Ok(()) => close_quietly(ach).await?,
+        // On channels of its own: in a cluster, a classic queue (an earlier version's) may live on a node that is
+        // down, and the gateway must still publish through the nodes that are up (broker.urls).
+        match declare_alternate(conn, ae).await {
+            Ok(()) => {}
             Err(e) if is_not_found(&e) => tracing::warn!(
                 alternate_exchange = %ae,
                 "the alternate exchange's queue lives on a cluster node that is down (NOT_FOUND): publishing on; \
@@ -232,13 +231,36 @@ pub(crate) async fn declare(conn: &Connection, s: &super::Settings) -> Result<()
     }
 }
 
-/// The fanout alternate exchange and its durable queue, bound.
-async fn declare_alternate(ch: &Channel, ae: &str) -> Result<(), lapin::Error> {
+/// The fanout alternate exchange and its durable queue, bound. The queue is a quorum queue, replicated over a
+/// cluster's nodes (<https://www.rabbitmq.com/docs/quorum-queues>) so what it keeps outlives a node; the classic
+/// queue an earlier version declared is used as it is (RabbitMQ cannot change a queue's type, and deleting it would
+/// drop what it holds).
+async fn declare_alternate(conn: &Connection, ae: &str) -> Result<(), lapin::Error> {
+    let ch = conn.create_channel().await?;
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     ch.exchange_declare(ae.into(), ExchangeKind::Fanout, durable, FieldTable::default()).await?;
     let queue = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-    ch.queue_declare(ae.into(), queue, FieldTable::default()).await?;
-    ch.queue_bind(ae.into(), ae.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    let ch = match ch.queue_declare(ae.into(), queue, quorum).await {
+        Ok(_) => ch,
+        // The refused declare closed its channel.
+        Err(e) if is_precondition_failed(&e) => {
+            tracing::warn!(
+                queue = %ae,
+                "the alternate exchange's queue exists with other arguments (PRECONDITION_FAILED; typically a classic \
+                 queue an earlier version declared): using it as it is; a classic queue lives on one node of a \
+                 cluster (docs/operations.md, \"Unroutable events\")"
+            );
+            let ch = conn.create_channel().await?;
+            let passive = QueueDeclareOptions { passive: true, ..queue };
+            ch.queue_declare(ae.into(), passive, FieldTable::default()).await?;
+            ch
+        }
+        Err(e) => return Err(e),
+    };
+    ch.queue_bind(ae.into(), ae.into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    close_quietly(ch).await
 }
 
 /// 404: here, a durable classic queue whose home node is down.

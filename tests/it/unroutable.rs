@@ -1,13 +1,14 @@
 //! SPEC §4: an event no queue is bound for is stored, not refused. By default it lands in the fanout alternate
-//! exchange's durable queue `<exchange>.unrouted`, headers intact, and is counted; with `declare_exchange = false`
+//! exchange's durable queue `<exchange>.unrouted` (a quorum queue, or the classic queue an earlier version
+//! declared), headers intact, and is counted; with `declare_exchange = false`
 //! and an exchange that has no alternate exchange (or one declared before it had one), it is parked in the spool
 //! and published once a queue is bound.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use lapin::options::ExchangeDeclareOptions;
-use lapin::types::FieldTable;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::ExchangeKind;
 
 use crate::support::{amqp_url, broker, delete_exchange, unique, Gateway, Opts, Queue, GENERIC, JSON};
@@ -31,6 +32,7 @@ async fn an_event_no_queue_is_bound_for_is_stored_in_the_alternate_exchange_and_
     let id = m.text("cloudEvents_id").expect("cloudEvents_id");
     assert_eq!(m.props.message_id().as_ref().map(|s| s.to_string()), Some(id));
     gw.wait_metric(UNROUTABLE, 1.0).await;
+    assert_eq!(queue_type(&format!("{}.unrouted", gw.exchange)).await, "quorum", "replicated in a cluster");
     assert_eq!(gw.metric("hookgate_amqp_publishes_total{outcome=\"ack\"}").await, 1.0);
     assert_eq!(gw.metric("hookgate_spool_parked_events").await, 0.0);
     // A routed event is not counted.
@@ -42,6 +44,59 @@ async fn an_event_no_queue_is_bound_for_is_stored_in_the_alternate_exchange_and_
     bound.close().await;
     unrouted.close().await;
     gw.stop().await;
+}
+
+/// The type of the existing durable queue `name`: RabbitMQ accepts a declare naming its type (`x-queue-type`) and
+/// refuses any other with PRECONDITION_FAILED.
+async fn queue_type(name: &str) -> &'static str {
+    let conn = broker().await;
+    let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+    let ch = conn.create_channel().await.expect("channel");
+    ch.queue_declare(name.into(), passive, FieldTable::default()).await.expect("the queue exists");
+    let mut accepted = Vec::new();
+    for kind in ["quorum", "classic"] {
+        let ch = conn.create_channel().await.expect("channel");
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+        let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+        if ch.queue_declare(name.into(), durable, args).await.is_ok() {
+            accepted.push(kind);
+        }
+    }
+    let _ = conn.close(200, "done".into()).await;
+    assert_eq!(accepted.len(), 1, "{name}: a declare of exactly one type is accepted, not {accepted:?}");
+    accepted[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_unrouted_queue_an_earlier_version_declared_is_used_as_it_is() {
+    // What an earlier version declared: the fanout alternate exchange and a classic durable queue, bound.
+    let exchange = unique("hookgate-test");
+    let ae = format!("{exchange}.unrouted");
+    let conn = broker().await;
+    let ch = conn.create_channel().await.expect("channel");
+    let durable = ExchangeDeclareOptions { durable: true, ..Default::default() };
+    ch.exchange_declare(ae.as_str().into(), ExchangeKind::Fanout, durable, FieldTable::default()).await.expect("ae");
+    let queue = QueueDeclareOptions { durable: true, ..Default::default() };
+    ch.queue_declare(ae.as_str().into(), queue, FieldTable::default()).await.expect("classic queue");
+    let bind = QueueBindOptions::default();
+    ch.queue_bind(ae.as_str().into(), ae.as_str().into(), "".into(), bind, FieldTable::default()).await.expect("bind");
+    let _ = conn.close(200, "done".into()).await;
+
+    let opts = Opts { exchange: Some(exchange.clone()), ..Opts::default() };
+    let gw = Gateway::start_opts(GENERIC, &amqp_url(), HashMap::new(), opts).await;
+    let body = br#"{"event":"nobody.listens.yet"}"#;
+    let r = gw.post("/webhooks/generic", &JSON, body).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    let mut unrouted = Queue::consume(&ae).await;
+    let m = unrouted.exactly_one(Duration::from_secs(5)).await;
+    assert_eq!((m.routing_key.as_str(), m.body.as_slice()), ("generic.nobody.listens.yet", &body[..]));
+    gw.wait_metric(UNROUTABLE, 1.0).await;
+    assert_eq!(gw.metric("hookgate_spool_parked_events").await, 0.0);
+    assert_eq!(queue_type(&ae).await, "classic", "kept, with what it holds");
+    unrouted.close().await;
+    gw.stop().await;
+    delete_exchange(&exchange).await;
 }
 
 /// Declares `name` as a plain durable topic exchange, without an alternate exchange.
