@@ -121,7 +121,7 @@ async fn data_dir_files_are_0600_and_directories_0700() {
         .map(|(p, _, mode)| format!("{} {mode:o}", p.display()))
         .collect();
     assert!(open.is_empty(), "readable by others: {open:?}");
-    gw.halt_and_forget().await;
+    gw.stop().await;
 }
 
 /// A TCP forwarder to the shared Redis that drops the connection instead of passing on a command carrying
