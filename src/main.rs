@@ -216,17 +216,7 @@ fn run(config: Config, path: &Path) -> ExitCode {
         };
         let app = match hookgate::App::start(&config, path, Arc::new(ProcessEnv), listeners, shutdown.clone()).await {
             Ok(app) => app,
-            // A configuration mistake exits 64; anything else (data_dir unusable, Redis unreachable) exits 1.
-            Err(error) => match error.downcast::<ConfigError>() {
-                Ok(error) => {
-                    tracing::error!(error = %error.in_file(path), "invalid configuration");
-                    return ExitCode::from(EXIT_USAGE);
-                }
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "cannot start");
-                    return ExitCode::FAILURE;
-                }
-            },
+            Err(error) => return start_failed(error, path),
         };
         hookgate::shutdown::on_signals(shutdown.clone());
         hangups.serve(app.reloader(), shutdown.clone());
@@ -247,4 +237,19 @@ fn run(config: Config, path: &Path) -> ExitCode {
     // Blocking tasks still running (a file read, a state lookup) must not hold the exit up past the drain.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// Logs why the gateway could not start: a configuration mistake (named with the file) exits 64, anything else
+/// (data_dir unusable, Redis unreachable) exits 1.
+fn start_failed(error: anyhow::Error, path: &Path) -> ExitCode {
+    match error.downcast::<ConfigError>() {
+        Ok(error) => {
+            tracing::error!(error = %error.in_file(path), "invalid configuration");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "cannot start");
+            ExitCode::FAILURE
+        }
+    }
 }

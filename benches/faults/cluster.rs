@@ -20,24 +20,7 @@ use crate::{drain_queue, sleep, wait_connected, wait_drained, DEADLINE, EXCHANGE
 const QUORUM: &str = "hookgate-faults-quorum";
 
 pub async fn run(bin: &Path, work: &Path) -> anyhow::Result<bool> {
-    let mut nodes = Vec::new();
-    for i in 1..=3 {
-        let name = format!("hookgate-faults-c{i}-{}@localhost", std::process::id());
-        let mut n = Node::new(work, &name, free_port(), free_port())?;
-        let took = n.start().await?;
-        eprintln!("faults: cluster node {name} on 127.0.0.1:{} up in {took:.1?}", n.port);
-        if i > 1 {
-            let first = nodes.first().map(|f: &Node| f.name.clone()).unwrap_or_default();
-            n.ctl(&["stop_app"])?;
-            n.ctl(&["join_cluster", &first])?;
-            n.ctl(&["start_app"])?;
-        }
-        nodes.push(n);
-    }
-    let status = nodes[0].ctl(&["cluster_status"])?;
-    let running = nodes.iter().filter(|n| status.contains(&n.name)).count();
-    eprintln!("faults: cluster formed ({running} nodes in cluster_status)");
-
+    let mut nodes = form(work).await?;
     let urls: Vec<String> = nodes.iter().map(|n| format!("\"{}\"", n.url())).collect();
     let mut gw = Gateway::new(bin, &work.join("cluster"))?;
     gw.start(&format!("[{}]", urls.join(", ")), EXCHANGE, SPOOL).await?;
@@ -97,6 +80,28 @@ async fn bind_quorum(url: &str) -> anyhow::Result<()> {
         .await?;
     let _ = conn.close(200, "bound".into()).await;
     Ok(())
+}
+
+/// Starts three nodes of the run's own and joins the second and third to the first.
+async fn form(work: &Path) -> anyhow::Result<Vec<Node>> {
+    let mut nodes = Vec::new();
+    for i in 1..=3 {
+        let name = format!("hookgate-faults-c{i}-{}@localhost", std::process::id());
+        let mut n = Node::new(work, &name, free_port(), free_port())?;
+        let took = n.start().await?;
+        eprintln!("faults: cluster node {name} on 127.0.0.1:{} up in {took:.1?}", n.port);
+        if i > 1 {
+            let first = nodes.first().map(|f: &Node| f.name.clone()).unwrap_or_default();
+            n.ctl(&["stop_app"])?;
+            n.ctl(&["join_cluster", &first])?;
+            n.ctl(&["start_app"])?;
+        }
+        nodes.push(n);
+    }
+    let status = nodes[0].ctl(&["cluster_status"])?;
+    let running = nodes.iter().filter(|n| status.contains(&n.name)).count();
+    eprintln!("faults: cluster formed ({running} nodes in cluster_status)");
+    Ok(nodes)
 }
 
 /// Whether the alternate exchange's queue outlived the killed node (its declare on a surviving node; a classic
