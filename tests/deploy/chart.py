@@ -209,7 +209,6 @@ def check_config(docs, existing=None):
         return effective
 
 
-
 def post(port, cafile, path, body, headers):
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.check_hostname = False  # the chart's certificate names the Service, the test dials 127.0.0.1

@@ -45,7 +45,6 @@ def ok(cond, what):
     CHECKS += 1
 
 
-
 TLS = None  # the client context trusting the gateway's test certificate
 
 
