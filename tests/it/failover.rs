@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::support::{amqp_url, urls_form, Gateway, Opts, Proxy, JSON};
+use crate::support::{amqp_url, free_port, urls_form, Gateway, Opts, Proxy, JSON};
 
 /// The load comes from one client address, well above the default `per_client` limit (1,000/s) once publishes
 /// are quick: this test is about failover, not the limiter.
@@ -122,10 +122,7 @@ async fn cutting_the_connected_node_fails_over_to_the_next_without_losing_an_ack
 /// refuses connections, the second is the broker — and a delivery is published through the second.
 #[tokio::test]
 async fn nodes_from_the_environment_are_tried_in_order() {
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let refused = free_port();
     let nodes = format!("amqp://guest:guest@127.0.0.1:{refused}/%2f, {}", amqp_url());
     let env = HashMap::from([("HOOKGATE_TEST_BROKERS".to_string(), nodes)]);
     let opts = Opts { broker: "urls_env = \"HOOKGATE_TEST_BROKERS\"\n".into(), ..Opts::default() };

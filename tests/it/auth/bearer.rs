@@ -125,7 +125,7 @@ struct Setup {
 async fn setup() -> Setup {
     let (rsa_key, rsa_jwk, rsa_public) = rsa();
     let jwks = serve_jwks(vec![rsa_jwk]).await;
-    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let closed = format!("127.0.0.1:{}", crate::support::free_port());
     let pki = Pki::new();
     let extra = format!("{}{}", pki.server_toml(false), sources(&jwks.url, &format!("http://{closed}/jwks")));
     let mut gw = Gateway::start(&extra).await;
