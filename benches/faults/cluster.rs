@@ -87,7 +87,7 @@ async fn form(work: &Path) -> anyhow::Result<Vec<Node>> {
     let mut nodes = Vec::new();
     for i in 1..=3 {
         let name = format!("hookgate-faults-c{i}-{}@localhost", std::process::id());
-        let mut n = Node::new(work, &name, free_port(), free_port())?;
+        let mut n = Node::new(work, &name, free_port()?, free_port()?)?;
         let took = n.start().await?;
         eprintln!("faults: cluster node {name} on 127.0.0.1:{} up in {took:.1?}", n.port);
         if i > 1 {

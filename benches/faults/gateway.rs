@@ -17,16 +17,17 @@ pub struct Gateway {
     child: Option<Child>,
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+/// A loopback port for a process the run starts (the gateway, a node, the proxy), below the ephemeral range.
+pub fn free_port() -> anyhow::Result<u16> {
+    crate::ports::free_port_in(32_000..32_768).ok_or_else(|| anyhow::anyhow!("no free loopback port in 32000-32767"))
 }
 
 impl Gateway {
     pub fn new(bin: &Path, base: &Path) -> anyhow::Result<Gateway> {
         let dir = base.join("gateway");
         std::fs::create_dir_all(dir.join("data"))?;
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         Ok(Gateway { bin: bin.to_path_buf(), dir, addr, admin, child: None })
     }
 

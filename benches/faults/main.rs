@@ -11,6 +11,8 @@ mod cluster;
 mod gateway;
 mod load;
 mod node;
+#[path = "../../tests/it/support/ports.rs"]
+mod ports;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -64,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
         return if cluster::run(&bin, &work).await? { Ok(()) } else { anyhow::bail!("the oracle failed") };
     }
     let name = arg("--node").unwrap_or_else(|| format!("hookgate-faults-{}@localhost", std::process::id()));
-    let (port, dist) = (gateway::free_port(), gateway::free_port());
+    let (port, dist) = (gateway::free_port()?, gateway::free_port()?);
     let mut node = Node::new(&work, &name, port, dist)?;
     let took = node.start().await?;
     eprintln!("faults: node {name} on 127.0.0.1:{port} (dist {dist}) up in {took:.1?}");

@@ -149,7 +149,7 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(upstream: SocketAddr) -> anyhow::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = TcpListener::bind(("127.0.0.1", crate::gateway::free_port()?)).await?;
         let p = Proxy { addr: listener.local_addr()?, upstream, state: Arc::default() };
         p.accept(listener);
         Ok(p)

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+mod ports;
 mod process;
 mod proxy;
 
@@ -11,7 +12,7 @@ pub use proxy::Proxy;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -377,27 +378,14 @@ impl Client {
     }
 }
 
-/// The loopback ports [`free_port`] hands out: below Linux's ephemeral range (32768–60999), so no outgoing
-/// connection and no `bind(0)` in the suite (the broker clients, the harness's own listeners) can take one between
-/// the moment it is handed out and the moment it is bound.
-const PORTS: std::ops::Range<u32> = 26_000..32_000;
-
-/// A loopback port to bind later (a gateway process, the proxy after a cut): free when handed out, and handed out
-/// once per run.
+/// A loopback port to bind later (a gateway process, the proxy after a cut): free when handed out, handed out once
+/// per run, and below the ephemeral range (see [`ports`]).
 pub fn free_port() -> u16 {
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let span = PORTS.end - PORTS.start;
-    // Another suite running at the same time (a second checkout) starts elsewhere in the range.
-    let start = std::process::id().wrapping_mul(997) % span;
-    for _ in 0..span {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let port = u16::try_from(PORTS.start + (start + n) % span).expect("port in range");
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free loopback port in {PORTS:?}");
+    ports::free_port_in(PORTS).expect("a free loopback port in 26000-31999")
 }
+
+/// The suite's share of the loopback ports below the ephemeral range.
+const PORTS: std::ops::Range<u32> = 26_000..32_000;
 
 pub fn metric_value(text: &str, series: &str) -> f64 {
     text.lines()

@@ -33,9 +33,11 @@ pub struct Gateway {
     pub ready_after: Duration,
 }
 
+/// A loopback address for a process the bench starts (the gateway), below the ephemeral range.
 pub fn free_addr() -> anyhow::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?)
+    let port = crate::ports::free_port_in(32_000..32_768)
+        .ok_or_else(|| anyhow::anyhow!("no free loopback port in 32000-32767"))?;
+    Ok(SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
 fn config(s: &Setup, addr: SocketAddr, admin: SocketAddr, data_dir: &Path) -> String {

@@ -18,6 +18,8 @@ mod broker;
 mod client;
 mod gateway;
 mod pki;
+#[path = "../../../tests/it/support/ports.rs"]
+mod ports;
 mod report;
 mod scenarios;
 mod traffic;
