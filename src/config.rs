@@ -214,13 +214,24 @@ fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     });
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let line = text.get(line_start..).and_then(|l| l.lines().next()).unwrap_or("");
-    let key = line.split('=').next().map(str::trim).filter(|k| !k.starts_with('[') && !k.is_empty());
+    // Only a `key = ...` line names a key; inside a list written over several lines the error's line holds a value
+    // (a URL, a secret), and even a value with `=` in it must not be taken for a key.
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| is_bare_key(k));
     match (table, key) {
         (Some(t), Some(k)) => format!("{t}.{k}"),
         (Some(t), None) => t,
         (None, Some(k)) => k.to_string(),
         (None, None) => String::new(),
     }
+}
+
+/// A bare (possibly dotted) TOML key: ASCII letters, digits, `_`, `-`, and `.` between parts.
+fn is_bare_key(k: &str) -> bool {
+    !k.is_empty()
+        && k.split('.').all(|part| {
+            let part = part.trim();
+            !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        })
 }
 
 #[cfg(test)]

@@ -21,9 +21,9 @@ pub struct Poller {
     pub source: String,
     /// Where tokens are registered; default `/poll/<name>`.
     pub path: Option<String>,
-    #[serde(default = "default_sso_url")]
+    #[serde(default = "default_sso_url", serialize_with = "super::server::serialize_http_url")]
     pub sso_url: String,
-    #[serde(default = "default_nvp_url")]
+    #[serde(default = "default_nvp_url", serialize_with = "super::server::serialize_http_url")]
     pub nvp_url: String,
     pub account_id: String,
     pub alias: String,

@@ -149,6 +149,26 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// An `http(s)://` URL as `check-config` prints it: the password of its user info and its whole query (either
+/// may hold a credential, as a JWKS or an InstaMed endpoint may) replaced by `<redacted>`.
+pub fn redact_http_url(url: &str) -> String {
+    match url.split_once(['?', '#']) {
+        Some((base, _)) => format!("{}?<redacted>", redact_url(base)),
+        None => redact_url(url),
+    }
+}
+
+pub(super) fn serialize_http_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_http_url(url))
+}
+
+pub(super) fn serialize_opt_http_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(url) => serialize_http_url(url, s),
+        None => s.serialize_none(),
+    }
+}
+
 fn serialize_url<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
     match url {
         Some(url) => s.serialize_str(&redact_url(url)),

@@ -151,6 +151,11 @@ pub struct HeaderSecret {
 #[serde(deny_unknown_fields)]
 pub struct Bearer {
     pub jwks_file: Option<PathBuf>,
+    #[serde(
+        serialize_with = "super::server::serialize_opt_http_url",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub jwks_url: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<OneOrMany<String>>,

@@ -136,6 +136,46 @@ fn check_config_output_redacts_secrets() {
 }
 
 #[test]
+fn a_syntax_error_never_quotes_a_value_as_its_key() {
+    // A missing comma in a list written one element per line: the error's line holds a value, not a key.
+    let cases = [
+        ("[broker]\nurls = [\n  \"amqp://u:pw1@a/%2f\"\n  \"amqp://u:pw2@b/%2f\",\n]\n", "`broker`", 4),
+        (
+            "[broker]\nurls = [\n  \"amqp://u:pw1@a/%2f?x=1\"\n  \"amqp://u:pw2@b/%2f?heartbeat=10\",\n]\n",
+            "`broker`",
+            4,
+        ),
+        (
+            "[sources.a]\npreset = \"generic\"\n[sources.a.auth.hmac]\nscheme = \"x-signature\"\n\
+             secrets = [\n  \"pw1\"\n  \"pw2=\"\n]\n",
+            "`sources.a.auth.hmac`",
+            7,
+        ),
+    ];
+    for (text, expected, line) in cases {
+        let e = Config::parse(text).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with(expected) && e.contains(&format!("(line {line})")), "{text:?}: {e}");
+        assert!(!e.contains("pw"), "a value in the error: {e}");
+    }
+}
+
+#[test]
+fn check_config_output_redacts_credentials_in_http_urls() {
+    let url = "https://u:s3cret@idp.example:8443/keys?token=abc";
+    let jwks = format!(
+        "[sources.a]\npreset = \"generic\"\n[sources.a.auth]\nbearer = {{ jwks_url = \"{url}\", issuer = \"i\", audience = \"a\" }}\n"
+    );
+    let polled = poller(&format!("sso_url = \"{url}\"\nnvp_url = \"{url}\"\n"));
+    for text in [jwks, polled] {
+        let out = Config::parse(&text).and_then(Config::validate).unwrap().to_redacted_toml();
+        assert!(!out.contains("s3cret") && !out.contains("abc"), "{out}");
+        assert!(out.contains("https://u:<redacted>@idp.example:8443/keys?<redacted>"), "{out}");
+        // The printed configuration is still a configuration.
+        Config::parse(&out).unwrap();
+    }
+}
+
+#[test]
 fn broker_urls_rules_and_redaction() {
     let two = "[broker]\nurls = [\"amqp://u:pw1@a:5672/%2f\", \"amqps://u:pw2@b:5671/%2f\"]\n";
     let cfg = Config::parse(&format!("{two}{MINIMAL}")).and_then(Config::validate).unwrap();
