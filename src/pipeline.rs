@@ -184,41 +184,19 @@ impl Gateway {
             read_body(body, content_length, source.max_body_bytes, body_until, &self.reading.bodies).await?;
         unverified.body = bytes;
         let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
-        let (format, payload) = parse_body(source, &request)?;
-        let (params, query) = (params, query_pairs(request.parts().uri.query()));
-        let (content_type, body) = published_body(&request, format, &params, &query);
-        let signed = signed_only(source, &request);
-        let parsed = match &signed {
-            None => Parsed { payload: &payload, params: &params, query: &query, headers: &request.parts().headers },
-            Some(headers) => Parsed { payload: &payload, params: &[], query: &[], headers },
-        };
-        self.ingest(source, parsed, (content_type, body), deadline, event_id).await
+        // Parsed, normalized and dropped before anything waits: a parsed tree costs many times its body (a body
+        // of tiny objects ~100x), and the store step may wait up to the deadline.
+        let event = event_of(source, &request, &params)?;
+        drop(request);
+        self.ingest_event(source, event, deadline, event_id).await
     }
 
-    /// normalize → dedup claim → order check → store → dedup done: the one path of every event after parse —
-    /// a webhook's, and a polling job's receipt (`poll/schedule.rs`).
+    /// dedup claim → order check → store → dedup done: the one path of every event after parse and
+    /// normalization ([`normalized`]) — a webhook's, a polling job's receipt (`poll/schedule.rs`), and the
+    /// `sso.*` events a poller raises itself.
     ///
     /// # Errors
     /// The event is not durable (and its dedup claim is released), or another copy is being stored.
-    pub async fn ingest(
-        &self,
-        source: &Source,
-        parsed: Parsed<'_>,
-        (content_type, body): (String, Bytes),
-        deadline: Instant,
-        event_id: &mut Option<String>,
-    ) -> Result<Stored, PipelineError> {
-        let fields =
-            Fields { payload: parsed.payload, params: parsed.params, query: parsed.query, headers: parsed.headers };
-        let meta = source.rules.extract(&fields, &body);
-        self.ingest_event(source, build_event(source, meta, content_type, body), deadline, event_id).await
-    }
-
-    /// dedup claim → order check → store → dedup done, for an event whose metadata is already known (the
-    /// `sso.*` events a poller raises itself, which carry no provider payload to normalize).
-    ///
-    /// # Errors
-    /// As [`Gateway::ingest`].
     pub async fn ingest_event(
         &self,
         source: &Source,
@@ -296,6 +274,28 @@ pub(crate) fn content_length(headers: &http::HeaderMap) -> Result<Option<u64>, P
         None => Ok(None),
         Some(v) => v.to_str().ok().and_then(|s| s.trim().parse().ok()).map(Some).ok_or(PipelineError::BadFraming),
     }
+}
+
+/// An authenticated delivery's event: its body parsed and normalized; the parsed tree does not outlive it.
+fn event_of(source: &Source, request: &Authenticated, params: &[(String, String)]) -> Result<Event, PipelineError> {
+    let (format, payload) = parse_body(source, request)?;
+    let query = query_pairs(request.parts().uri.query());
+    let published = published_body(request, format, params, &query);
+    let signed = signed_only(source, request);
+    let parsed = match &signed {
+        None => Parsed { payload: &payload, params, query: &query, headers: &request.parts().headers },
+        Some(headers) => Parsed { payload: &payload, params: &[], query: &[], headers },
+    };
+    Ok(normalized(source, &parsed, published))
+}
+
+/// The event of a parsed delivery (a webhook's, or a polling job's receipt): its metadata extracted by the
+/// source's normalization rules, the published body and content type as given.
+pub fn normalized(source: &Source, parsed: &Parsed<'_>, (content_type, body): (String, Bytes)) -> Event {
+    let fields =
+        Fields { payload: parsed.payload, params: parsed.params, query: parsed.query, headers: parsed.headers };
+    let meta = source.rules.extract(&fields, &body);
+    build_event(source, meta, content_type, body)
 }
 
 fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {

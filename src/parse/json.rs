@@ -129,16 +129,25 @@ impl<'de> Visitor<'de> for JsonVisitor {
         while let Some(item) = seq.next_element()? {
             items.push(item);
         }
-        Ok(Json::Array(items))
+        Ok(Json::Array(fitted(items)))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(16).min(64));
+        let mut members = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
         while let Some(Key(key)) = map.next_key()? {
             members.push((key, map.next_value()?));
         }
-        Ok(Json::Object(members))
+        Ok(Json::Object(fitted(members)))
     }
+}
+
+/// A list with at most twice the room it uses. serde_json gives no size hint, so a list grows from four slots: a
+/// body of many one-member objects (`[{"a":0},...]`, 8 bytes each) would otherwise cost ~30 times its size.
+fn fitted<T>(mut list: Vec<T>) -> Vec<T> {
+    if list.capacity() > 2 * list.len() {
+        list.shrink_to_fit();
+    }
+    list
 }
 
 /// An object key, borrowed from the body when it has no escapes (serde's own `Cow<str>` always copies).

@@ -26,7 +26,7 @@ use super::soap::TokenStatus;
 use super::{Job, JobState, Poller};
 use crate::event::Event;
 use crate::parse::{self, Format};
-use crate::pipeline::{Gateway, Parsed};
+use crate::pipeline::{normalized, Gateway, Parsed};
 use crate::respond::Stored;
 use crate::state::{now_ms, Op};
 
@@ -159,10 +159,11 @@ async fn receipt(poller: &Poller, gateway: &Gateway, job: &mut Job, past_life: b
     let headers = http::HeaderMap::new();
     let parsed = Parsed { payload: &payload, params: &[], query: &[], headers: &headers };
     let source = &poller.source;
+    let event = normalized(source, &parsed, ("application/x-www-form-urlencoded".to_string(), body.clone()));
+    drop(payload);
     let deadline = Instant::now() + source.answer_within();
-    let content_type = ("application/x-www-form-urlencoded".to_string(), body.clone());
     let mut event_id = None;
-    match gateway.ingest(source, parsed, content_type, deadline, &mut event_id).await {
+    match gateway.ingest_event(source, event, deadline, &mut event_id).await {
         Ok(stored) => {
             log_stored(poller, job, stored, "poll receipt stored");
             Next::Finish(JobState::Complete, event_id)

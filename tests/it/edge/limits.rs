@@ -10,7 +10,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{amqp_url, delete_exchange, proc_config_server, unique, Gateway, Pki, Queue, GENERIC, JSON};
+use crate::support::{
+    amqp_url, delete_exchange, proc_config_server, unique, Gateway, Pki, Proxy, Queue, GENERIC, JSON,
+};
 
 fn head_with(headers: &[(String, String)]) -> String {
     let mut head = String::from("POST /webhooks/generic HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n");
@@ -153,6 +155,47 @@ async fn slow_unauthenticated_bodies_are_held_to_the_inflight_budget() {
     assert_eq!(gw.metric("hookgate_posting_errors_total{reason=\"overloaded\",source=\"sig\"}").await, 56.0);
     assert_eq!(q.exactly_one(Duration::from_secs(5)).await.props.message_id().as_ref().map(|_| ()), Some(()));
     q.close().await;
+    drop(gw);
+    delete_exchange(&exchange).await;
+}
+
+/// A 1 MiB JSON body of ~130,000 tiny objects: a few bytes each on the wire, far more once parsed.
+fn many_objects(k: usize) -> Vec<u8> {
+    let mut body = format!(r#"{{"event":"objects","k":{k},"items":["#).into_bytes();
+    while body.len() + 16 < BODY {
+        body.extend_from_slice(br#"{"a":0},"#);
+    }
+    body.extend_from_slice(br#"{"a":0}]}"#);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parsed_body_is_not_held_while_its_event_is_stored() {
+    // Sixteen bodies of tiny objects wait at once for a broker that never confirms (publish_timeout, then the
+    // spool): what each waits with is its body, never its parsed tree, which costs many times the body.
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = unique("hookgate-parsed");
+    let proxy = Proxy::start().await;
+    let config = proc_config_server(dir.path(), &exchange, &proxy.url(), "", GENERIC, "");
+    let gw = crate::support::Proc::spawn(&config).await;
+    let warm = gw.client.post("/webhooks/generic", &JSON, br#"{"event":"warm"}"#).await;
+    assert_eq!((warm.status, warm.reason.as_str()), (200, "Stored"));
+    let baseline = vm(gw.pid(), "VmRSS:");
+    proxy.stall(true);
+    let sends: Vec<_> = (0..16)
+        .map(|k| {
+            let client = gw.client;
+            tokio::spawn(async move { client.post("/webhooks/generic", &JSON, &many_objects(k)).await })
+        })
+        .collect();
+    for send in sends {
+        let r = send.await.unwrap();
+        assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    }
+    let grown = vm(gw.pid(), "VmHWM:").saturating_sub(baseline);
+    eprintln!("RSS baseline {} KiB, grown {} KiB", baseline / 1024, grown / 1024);
+    assert!(grown < 96 << 20, "RSS grew by {} MiB for 16 MiB of bodies", grown >> 20);
+    proxy.stall(false);
     drop(gw);
     delete_exchange(&exchange).await;
 }
