@@ -329,6 +329,25 @@ fn proxy_protocol_and_crls_need_their_companions() {
 }
 
 #[test]
+fn a_duration_past_a_year_is_refused_naming_the_key() {
+    // Past what any key needs, a duration would overflow the clock arithmetic it feeds (a deadline, a timer).
+    for (text, key) in [
+        ("[broker]\npublish_timeout = \"18446744073709551615s\"\n", "`broker.publish_timeout`"),
+        ("[server]\nbody_read_timeout = \"300000000000y\"\n", "`server.body_read_timeout`"),
+        ("[server]\nidle_timeout = \"366days\"\n", "`server.idle_timeout`"),
+        (
+            "[sources.b]\npreset = \"generic\"\nunauthenticated = true\ndedup_window = \"400d\"\n",
+            "`sources.b.dedup_window`",
+        ),
+    ] {
+        let e = std::panic::catch_unwind(|| err(&format!("{text}{MINIMAL}"))).unwrap_or_else(|_| "panicked".into());
+        assert!(e.contains(key) && e.contains("at most 365 days"), "{text:?}: {e}");
+    }
+    let cfg = Config::parse(&format!("[server]\nidle_timeout = \"365days\"\n{MINIMAL}")).and_then(Config::validate);
+    assert_eq!(cfg.unwrap().server.idle_timeout, Dur::secs(365 * 86_400));
+}
+
+#[test]
 fn type_errors_name_the_key_and_file_never_the_value() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [

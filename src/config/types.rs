@@ -22,13 +22,20 @@ impl fmt::Debug for Dur {
     }
 }
 
+/// The longest duration any key takes: longer is a mistake, and a huge one would overflow the clock arithmetic it
+/// feeds (a deadline, a timer: `Instant + Duration` panics).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+const DURATION_HELP: &str = "invalid duration (write e.g. \"250ms\", \"20s\" or \"72h\"; at most 365 days)";
+
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map(Dur)
-            // Neither the text nor humantime's message (which quotes it) is echoed: it may be a misplaced secret.
-            .map_err(|_| serde::de::Error::custom("invalid duration (write e.g. \"250ms\", \"20s\" or \"72h\")"))
+        // Neither the text nor humantime's message (which quotes it) is echoed: it may be a misplaced secret.
+        let parsed = humantime::parse_duration(text.trim()).map_err(|_| serde::de::Error::custom(DURATION_HELP))?;
+        if parsed > MAX_DURATION {
+            return Err(serde::de::Error::custom(DURATION_HELP));
+        }
+        Ok(Dur(parsed))
     }
 }
 
