@@ -98,13 +98,17 @@ struct Inner {
     cipher: Option<Cipher>,
     max_bytes: u64,
     segment_bytes: u64,
-    /// Taken by the writer thread and by the drainer's blocking work, never by the request path.
+    /// Taken by the writer thread and by the drainer's blocking work: never by the request path, never on a runtime
+    /// thread (the writer holds it across a segment's write and, at a rotation, its fsyncs).
     state: Mutex<State>,
     /// Held across a cursor write and the deletions after it (the fsyncs and the rename), never with `state`.
     cursor: Mutex<()>,
-    /// Lock-free copies of `state` for the request path: undrained records and their bytes.
+    /// Lock-free copies of `state` for the request path and the drainer's loop on the runtime: undrained records
+    /// and their bytes, the seq of the oldest undrained record (the next seq when none) and the next seq.
     records: AtomicUsize,
     bytes: AtomicU64,
+    front: AtomicU64,
+    next: AtomicU64,
     poisoned: AtomicBool,
     /// Every record with a smaller seq is durable.
     synced: AtomicU64,
@@ -163,7 +167,7 @@ impl Spool {
             queue.extend(locs);
         }
         let bytes = queue.iter().map(|l| l.len).sum();
-        let records = queue.len();
+        let (records, front) = (queue.len(), queue.front().map_or(next_seq, |l| l.seq));
         let state = State { queue, bytes, next_seq, active: None, drained_since_cursor: 0 };
         let inner = Arc::new(Inner {
             dir: dir.to_path_buf(),
@@ -174,6 +178,8 @@ impl Spool {
             cursor: Mutex::new(()),
             records: AtomicUsize::new(records),
             bytes: AtomicU64::new(bytes),
+            front: AtomicU64::new(front),
+            next: AtomicU64::new(next_seq),
             poisoned: AtomicBool::new(false),
             synced: AtomicU64::new(next_seq),
             arrived: Notify::new(),
@@ -385,10 +391,12 @@ impl Inner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes the queue's size to the request path's atomics (called with the lock held, after a change).
+    /// Publishes the queue's size and ends to the lock-free copies (called with the lock held, after a change).
     fn mirror(&self, st: &State) {
         self.records.store(st.queue.len(), Ordering::Release);
         self.bytes.store(st.bytes, Ordering::Release);
+        self.front.store(st.queue.front().map_or(st.next_seq, |l| l.seq), Ordering::Release);
+        self.next.store(st.next_seq, Ordering::Release);
     }
 }
 

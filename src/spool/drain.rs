@@ -65,7 +65,9 @@ impl Drainer {
         let mut parked_len = self.parked.len();
         // The start-up replay is done once every record the spool held at start is passed — not when the spool
         // is next seen empty, which under steady arrivals (queued behind the spool) may be never.
-        let replay_end = self.spool.inner.state().next_seq;
+        // Read lock-free, as every check on this runtime thread: the writer holds the state lock across writes
+        // and fsyncs.
+        let replay_end = self.spool.inner.next.load(Ordering::Acquire);
         loop {
             self.gauges();
             if self.parked.len() > parked_len {
@@ -128,7 +130,7 @@ impl Drainer {
         if self.replayed.load(Ordering::Acquire) {
             return;
         }
-        let done = self.spool.inner.state().queue.front().is_none_or(|l| l.seq >= replay_end);
+        let done = self.spool.inner.front.load(Ordering::Acquire) >= replay_end;
         if done && !self.replayed.swap(true, Ordering::AcqRel) {
             tracing::info!("spool replayed");
         }

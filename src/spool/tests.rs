@@ -347,3 +347,43 @@ async fn a_record_whose_bytes_were_cut_is_unreadable_not_an_io_error() {
     spool.append(&event(2)).await.unwrap();
     assert_eq!(drain_all(&spool), ["tx2:payment.approved"]);
 }
+
+#[tokio::test]
+async fn the_drainer_never_waits_on_the_writer_s_lock_on_a_runtime_thread() {
+    // The writer holds the state lock across a segment's write and, at a rotation, its fsyncs; a drainer still
+    // replaying must not block a runtime thread on it (here the only one).
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&dir.path().join("spool"), cipher(), 1 << 20).unwrap();
+    let (parked, _) = Spool::open(&dir.path().join("parked"), cipher(), 1 << 20).unwrap();
+    spool.append(&event(1)).await.unwrap();
+    let settings = crate::publish::Settings {
+        urls: vec!["amqp://guest:guest@127.0.0.1:1/%2f".into()],
+        exchange: "hookgate-unit".into(),
+        declare_exchange: false,
+        alternate_exchange: None,
+        publish_timeout: std::time::Duration::from_millis(100),
+        channels: 1,
+    };
+    let (metrics, stop) = (crate::metrics::Metrics::new(), tokio_util::sync::CancellationToken::new());
+    let (publisher, supervisor) = crate::publish::Publisher::start(settings, metrics.clone(), stop.clone());
+    let replayed = Arc::new(AtomicBool::new(false));
+    let drainer = Drainer { spool: spool.clone(), parked, publisher, metrics, replayed };
+    let (held, release) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let inner = spool.inner.clone();
+    let writer = std::thread::spawn(move || {
+        let _st = inner.state();
+        held.0.send(()).unwrap();
+        let _ = release.1.recv_timeout(std::time::Duration::from_secs(1));
+    });
+    held.1.recv().unwrap();
+    let drain = tokio::spawn(drainer.run(stop.clone(), false));
+    let started = tokio::time::Instant::now();
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let waited = started.elapsed();
+    let _ = release.0.send(());
+    writer.join().unwrap();
+    stop.cancel();
+    drain.await.unwrap();
+    supervisor.await.unwrap();
+    assert!(waited < std::time::Duration::from_millis(500), "the runtime thread was blocked for {waited:?}");
+}
