@@ -28,7 +28,7 @@ use crate::auth::{Authenticated, Peer, Unverified};
 use crate::dedup::{Claim, Dedup};
 use crate::error::PipelineError;
 use crate::event::Event;
-use crate::http::{check_header_bytes, read_body, BodyBudget};
+use crate::http::{check_header_bytes, read_body, BodyBudget, BodyPermit};
 use crate::metrics::Metrics;
 use crate::normalize::{EventMeta, Fields};
 use crate::order::Order;
@@ -179,8 +179,9 @@ impl Gateway {
         let mut unverified = Unverified { parts, body: Bytes::new(), peer, client_ip, now: SystemTime::now() };
         source.verifier.verify_head(&unverified).await.map_err(|e| self.auth_failed(source, e))?;
         let body_until = deadline.min(Instant::now() + self.reading.body_read_timeout);
-        // The body's bytes stay held in the in-flight budget until this request is answered.
-        let (bytes, _held) =
+        // The body's bytes stay held in the in-flight budget until its event is stored or refused — after the
+        // answer, when the store outlives the deadline.
+        let (bytes, held) =
             read_body(body, content_length, source.max_body_bytes, body_until, &self.reading.bodies).await?;
         unverified.body = bytes;
         let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
@@ -188,7 +189,7 @@ impl Gateway {
         // of tiny objects ~100x), and the store step may wait up to the deadline.
         let event = event_of(source, &request, &params)?;
         drop(request);
-        self.ingest_event(source, event, deadline, event_id).await
+        self.ingest_event(source, (event, held), deadline, event_id).await
     }
 
     /// dedup claim → order check → store → dedup done: the one path of every event after parse and
@@ -200,7 +201,7 @@ impl Gateway {
     pub async fn ingest_event(
         &self,
         source: &Source,
-        mut event: Event,
+        (mut event, held): (Event, BodyPermit),
         deadline: Instant,
         event_id: &mut Option<String>,
     ) -> Result<Stored, PipelineError> {
@@ -220,9 +221,12 @@ impl Gateway {
         }
         // Storing and recording the id run as their own task: a provider that hangs up (or the answer deadline)
         // cancels this request, but never an event half-way between the broker's confirm and its dedup record.
-        // A failure drops the guard, which releases the claim: the provider's retry is admitted.
+        // A failure drops the guard, which releases the claim: the provider's retry is admitted. The task holds
+        // the body's share of the in-flight budget, so stores that outlive their answers (a stuck disk) are
+        // bounded by it: new deliveries are turned away at once instead.
         let (sink, window, metrics) = (self.sink.clone(), source.dedup_window, self.metrics.clone());
         let event = tokio::spawn(async move {
+            let _held = held;
             sink.store(&event, deadline).await?;
             guard
                 .complete(window, move |failed| {
@@ -373,3 +377,6 @@ pub fn build_event(source: &Source, meta: EventMeta, content_type: String, body:
         out_of_order: false,
     }
 }
+
+#[cfg(test)]
+mod tests;

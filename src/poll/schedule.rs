@@ -25,6 +25,7 @@ use super::job::token_ref;
 use super::soap::TokenStatus;
 use super::{Job, JobState, Poller};
 use crate::event::Event;
+use crate::http::BodyPermit;
 use crate::parse::{self, Format};
 use crate::pipeline::{normalized, Gateway, Parsed};
 use crate::respond::Stored;
@@ -163,7 +164,7 @@ async fn receipt(poller: &Poller, gateway: &Gateway, job: &mut Job, past_life: b
     drop(payload);
     let deadline = Instant::now() + source.answer_within();
     let mut event_id = None;
-    match gateway.ingest_event(source, event, deadline, &mut event_id).await {
+    match gateway.ingest_event(source, (event, BodyPermit::default()), deadline, &mut event_id).await {
         Ok(stored) => {
             log_stored(poller, job, stored, "poll receipt stored");
             Next::Finish(JobState::Complete, event_id)
@@ -231,7 +232,7 @@ async fn publish_final(poller: &Poller, gateway: &Gateway, job: &mut Job, state:
     let event = sso_event(poller, job, state);
     let deadline = Instant::now() + poller.source.answer_within();
     let mut event_id = None;
-    match gateway.ingest_event(&poller.source, event, deadline, &mut event_id).await {
+    match gateway.ingest_event(&poller.source, (event, BodyPermit::default()), deadline, &mut event_id).await {
         Ok(stored) => {
             log_stored(poller, job, stored, "poll outcome stored");
             Next::Finish(state, event_id)
