@@ -185,8 +185,8 @@ impl Gateway {
             read_body(body, content_length, source.max_body_bytes, body_until, &self.reading.bodies).await?;
         unverified.body = bytes;
         let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
-        // Parsed, normalized and dropped before anything waits: a parsed tree costs many times its body (a body
-        // of tiny objects ~100x), and the store step may wait up to the deadline.
+        // Parsed, normalized and dropped before anything waits: a parsed tree can cost tens of times its body (a
+        // body of tiny objects), and the store step may wait up to the deadline.
         let event = event_of(source, &request, &params)?;
         drop(request);
         self.ingest_event(source, (event, held), deadline, event_id).await
