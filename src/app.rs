@@ -205,8 +205,8 @@ fn server_tls(config: &Config, path: &Path) -> anyhow::Result<Option<tls::Curren
 }
 
 /// The durable sink (the broker first, the spool when it does not confirm in time) and the spool's drainer.
-/// Replay runs first: until the drainer has seen the spool empty, `/readyz` is 503 and new events queue behind
-/// the spooled ones.
+/// Replay runs first: until the drainer has passed what the spool held at start, new events queue behind the
+/// spooled ones (the gateway is ready meanwhile: the spool takes them).
 fn start_store(
     publisher: Publisher,
     (spool, parked): (spool::Spool, spool::Spool),

@@ -94,7 +94,10 @@ impl Sink for Store {
         Box::pin(Store::store(self, event, deadline))
     }
 
+    /// SPEC §7: the broker or the spool can take events. Not gated on the start-up replay: while it runs, new
+    /// events queue behind it in the spool, which can take them; a pod restarted during a broker outage that waited
+    /// for the replay would stay out of its Service until the broker came back.
     fn ready(&self) -> bool {
-        self.replayed.load(Ordering::Acquire) && (self.publisher.is_connected() || self.spool.can_take())
+        self.publisher.is_connected() || self.spool.can_take()
     }
 }

@@ -84,7 +84,8 @@ async fn crash_and_restart(spooled: bool) {
     if spooled {
         proxy.restore().await;
     }
-    // The restarted gateway replays its spool before it turns ready; then the providers retry what got no 200.
+    // The restarted gateway replays its spool first (new events queue behind it); then the providers retry what got
+    // no 200.
     let second = Proc::spawn(&config).await;
     for body in &unacked {
         let r = second.client.try_post("/webhooks/generic", &JSON, body).await.expect("answer");
