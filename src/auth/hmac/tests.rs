@@ -61,6 +61,49 @@ fn every_scheme_accepts_its_own_signature_with_any_active_secret() {
     }
 }
 
+/// HMAC-SHA256 computed here, not by the scheme under test: the signer and the verifier must not share a mistake.
+fn by_hand(secret: &str, parts: &[&[u8]]) -> Vec<u8> {
+    use hmac::Mac;
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    for part in parts {
+        m.update(part);
+    }
+    m.finalize().into_bytes().to_vec()
+}
+
+#[test]
+fn stripe_shopify_and_custom_accept_signatures_made_as_their_senders_make_them() {
+    let t = NOW.to_string();
+    // Stripe: `t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`; the secret is the whole `whsec_` string; a
+    // `v0` entry and a second `v1` (a secret being rolled) may stand beside the good one.
+    let c = check("scheme = \"stripe\"\nsecrets = [\"whsec_dGVzdA\"]");
+    let v1 = hex::encode(by_hand("whsec_dGVzdA", &[t.as_bytes(), b".", BODY]));
+    for value in [
+        format!("t={t},v1={v1}"),
+        format!("t={t},v1={v1},v0=6ffbb59b2300aae63f272406069a9788598b792a944a07aba816edb039989a39"),
+        format!("t={t},v1={},v1={v1}", "00".repeat(32)),
+    ] {
+        let h = headers(&[("Stripe-Signature".into(), value.clone())]);
+        assert!(c.accepts(&h, BODY, at(NOW)), "stripe: {value}");
+    }
+    let h = headers(&[("Stripe-Signature".into(), format!("t={},v1={v1}", NOW + 1))]);
+    assert!(!c.accepts(&h, BODY, at(NOW)), "stripe: the signed timestamp is the header's");
+    // Shopify: `X-Shopify-Hmac-Sha256: base64(HMAC-SHA256(secret, body))`.
+    let c = check("scheme = \"shopify\"\nsecrets = [\"shpss_k\"]");
+    let h = headers(&[("X-Shopify-Hmac-Sha256".into(), B64.encode(by_hand("shpss_k", &[BODY])))]);
+    assert!(c.accepts(&h, BODY, at(NOW)), "shopify");
+    let h = headers(&[("X-Shopify-Hmac-Sha256".into(), hex::encode(by_hand("shpss_k", &[BODY])))]);
+    assert!(!c.accepts(&h, BODY, at(NOW)), "shopify: base64, not hex");
+    // Custom: the configured header, prefix, encoding and template, filled in by hand.
+    let c = check(&format!("{}\nsecrets = [\"k\"]", SCHEMES[5]));
+    let sig = format!("sha256={}", B64.encode(by_hand("k", &[t.as_bytes(), b".", BODY])));
+    let h = headers(&[("X-Partner-Signature".into(), sig), ("X-Partner-Timestamp".into(), t.clone())]);
+    assert!(c.accepts(&h, BODY, at(NOW)), "custom");
+    let unprefixed = B64.encode(by_hand("k", &[BODY]));
+    let h = headers(&[("X-Partner-Signature".into(), unprefixed), ("X-Partner-Timestamp".into(), t)]);
+    assert!(!c.accepts(&h, BODY, at(NOW)), "custom: the template signs the timestamp too");
+}
+
 #[test]
 fn timestamped_schemes_refuse_stale_and_future_deliveries() {
     for scheme in [SCHEMES[0], SCHEMES[3], SCHEMES[5]] {
