@@ -115,7 +115,7 @@ fn overrides_replace_preset_fields() {
     let m = meta_with(Preset::Generic, &o, Format::Json, body, &[], &[]);
     assert_eq!((m.id.as_str(), m.kind.as_str()), ("r1:customer.updated", "customer.updated"));
     assert_eq!(m.subject.as_deref(), Some("c9"));
-    assert!(m.time.is_some());
+    assert_eq!(m.time.map(|t| t.to_rfc3339()), Some("2024-01-01T00:00:00+00:00".to_string()));
     // A missing id field falls back to the body hash rather than a partial id.
     let m = meta_with(Preset::Generic, &o, Format::Json, br#"{"kind":"x"}"#, &[], &[]);
     assert_eq!(m.id, sha256_hex(br#"{"kind":"x"}"#));

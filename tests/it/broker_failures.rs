@@ -199,24 +199,33 @@ async fn returned_events_are_parked_answered_200_and_published_once_bound() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    let mut got = 0;
-    while q.next(Duration::from_millis(500)).await.is_some() {
-        got += 1;
+    let body = |kind: &str, i: usize| format!(r#"{{"event":"{kind}","i":{i}}}"#).into_bytes();
+    let mut routed = Vec::new();
+    while let Some(m) = q.next(Duration::from_millis(500)).await {
+        routed.push(m.body.to_vec());
     }
-    assert_eq!(got, 20, "only the routed ones reached the routed queue");
+    routed.sort();
+    let mut want: Vec<_> = (0..40).step_by(2).map(|i| body("routed", i)).collect();
+    want.sort();
+    assert_eq!(routed, want, "each routed event reached the routed queue once, and nothing else did");
     assert_eq!(gw.metric("hookgate_unroutable_total{source=\"generic\"}").await, 21.0);
-    // Once a queue is bound, every parked event is published, with its headers, and the parked spool empties.
+    // Once a queue is bound, every parked event is published once, with its headers, and the parked spool empties.
     let mut all = gw.queue("#").await;
     let mut late = BTreeSet::new();
     for _ in 0..22 {
         let m = all.next(Duration::from_secs(15)).await.expect("a parked event published");
-        assert!(m.text("cloudEvents_id").is_some() && m.text("cloudEvents_source").is_some());
-        late.insert(m.routing_key);
+        let source = if m.routing_key.starts_with("tyro.") { "/sources/tyro" } else { "/sources/generic" };
+        assert_eq!(m.text("cloudEvents_source").as_deref(), Some(source));
+        assert_eq!(m.text("cloudEvents_id"), m.props.message_id().as_ref().map(|s| s.to_string()));
+        assert!(late.insert((m.routing_key, m.body.to_vec())), "published twice");
     }
-    assert_eq!(
-        late,
-        BTreeSet::from(["generic.late".into(), "tyro.healthfundpaidinvoice".into(), "generic.dropped".into()])
-    );
+    assert!(all.next(Duration::from_millis(500)).await.is_none(), "nothing past the 22 parked events");
+    let mut want = BTreeSet::from([
+        ("generic.late".to_string(), br#"{"event":"late"}"#.to_vec()),
+        ("tyro.healthfundpaidinvoice".to_string(), br#"{"event":"paid","transactionId":"late"}"#.to_vec()),
+    ]);
+    want.extend((1..40).step_by(2).map(|i| ("generic.dropped".to_string(), body("dropped", i))));
+    assert_eq!(late, want);
     gw.wait_metric("hookgate_spool_parked_events", 0.0).await;
     q.close().await;
     all.close().await;
@@ -272,8 +281,12 @@ async fn a_nacked_publish_is_spooled_never_reported_confirmed() {
     // The broker did take the nacked copies (the proxy only rewrote its confirms): at least once, and every copy
     // carries the same message_id for consumers to deduplicate (docs/delivery-semantics.md).
     let first = q.next(Duration::from_secs(5)).await.expect("delivered");
+    assert_eq!(first.body, br#"{"event":"nacked"}"#);
+    // The generic preset's id: the SHA-256 of the body (SPEC §3), computed here, not by the gateway's code.
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(br#"{"event":"nacked"}"#));
+    assert_eq!(first.props.message_id().as_ref().map(|s| s.to_string()), Some(digest));
     while let Some(m) = q.next(Duration::from_millis(500)).await {
-        assert_eq!(m.props.message_id(), first.props.message_id());
+        assert_eq!((m.props.message_id(), &m.body), (first.props.message_id(), &first.body));
     }
     q.close().await;
     gw.stop().await;

@@ -28,7 +28,8 @@ async fn load(client: Client, answered: Arc<AtomicUsize>) -> (Vec<Vec<u8>>, Vec<
                     let body = format!(r#"{{"event":"crash","w":{w},"n":{n}}}"#).into_bytes();
                     match client.try_post("/webhooks/generic", &JSON, &body).await {
                         Some(r) if r.status == 200 => acked.push(body),
-                        Some(_) => unacked.push(body),
+                        // Before the kill every delivery is stored (through the broker or the spool).
+                        Some(r) => panic!("answered {} {} before the kill", r.status, r.reason),
                         None => {
                             unacked.push(body);
                             break;
@@ -81,6 +82,7 @@ async fn crash_and_restart(spooled: bool) {
     }
     first.kill();
     let (acked, unacked) = load.await.expect("load");
+    assert!(acked.len() >= KILL_AFTER, "only {} deliveries acknowledged before the kill", acked.len());
     if spooled {
         proxy.restore().await;
     }

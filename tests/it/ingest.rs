@@ -148,7 +148,7 @@ async fn tyro_by_post_and_by_get() {
         published,
     );
     let r = gw.request("DELETE", "/tyro/tx-77/rejected", &[("sessionKey", "tyro-session")], b"").await;
-    assert_eq!(r.status, 200);
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
     assert_eq!(q.exactly_one(WAIT).await.routing_key, "tyro.healthfundrejectedinvoice");
     q.close().await;
     gw.stop().await;

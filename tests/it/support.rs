@@ -284,14 +284,15 @@ impl Gateway {
         }
     }
 
-    /// GET on the admin listener: status and body.
+    /// GET on the admin listener: status and body. An admin listener that cannot be reached fails the test (a
+    /// metric read from it must never pass as 0).
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
-        let Ok(stream) = TcpStream::connect(self.admin).await else { return (0, String::new()) };
+        let stream = TcpStream::connect(self.admin).await.expect("the admin listener is reachable");
         let r = send(stream, build_request("GET", path, &[], b"")).await;
         (r.status, String::from_utf8_lossy(&r.body).into_owned())
     }
 
-    /// The value of one exposition line of `/metrics` (0 when absent).
+    /// The value of one exposition line of `/metrics` (0 when absent: a labelled series appears once used).
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, text) = self.admin_get("/metrics").await;
         metric_value(&text, series)
@@ -539,9 +540,11 @@ impl Queue {
         Queue { conn, consumer }
     }
 
-    /// The next message, or `None` after `wait`.
+    /// The next message, or `None` after `wait`. A consumer that ended or failed fails the test: "nothing
+    /// arrived" must mean the queue was read and stayed empty.
     pub async fn next(&mut self, wait: Duration) -> Option<Message> {
-        let d = tokio::time::timeout(wait, self.consumer.next()).await.ok()??.ok()?;
+        let next = tokio::time::timeout(wait, self.consumer.next()).await.ok()?;
+        let d = next.expect("the consumer is still open").expect("the consumer delivers");
         Some(Message { routing_key: d.routing_key.as_str().to_string(), body: d.data, props: d.properties })
     }
 

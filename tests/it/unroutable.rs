@@ -30,6 +30,8 @@ async fn an_event_no_queue_is_bound_for_is_stored_in_the_alternate_exchange_and_
     assert_eq!(m.text("cloudEvents_source").as_deref(), Some("/sources/generic"));
     assert_eq!(m.text("cloudEvents_specversion").as_deref(), Some("1.0"));
     let id = m.text("cloudEvents_id").expect("cloudEvents_id");
+    // The generic preset's id: the SHA-256 of the body (SPEC §3), computed here, not by the gateway's code.
+    assert_eq!(id, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(body)));
     assert_eq!(m.props.message_id().as_ref().map(|s| s.to_string()), Some(id));
     gw.wait_metric(UNROUTABLE, 1.0).await;
     assert_eq!(queue_type(&format!("{}.unrouted", gw.exchange)).await, "quorum", "replicated in a cluster");

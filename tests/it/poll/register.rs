@@ -40,7 +40,7 @@ async fn registration_answers() {
     }
     let big = format!(r#"{{"token":"x","pad":"{}"}}"#, "p".repeat(5000));
     let r = gw.post("/poll/instamed", &[json_ct, ("authorization", &auth)], big.as_bytes()).await;
-    assert_eq!(r.status, 413);
+    assert_eq!((r.status, r.reason.as_str()), (413, "Payload Too Large"));
 
     let body = br#"{"token":"Zm9vYmFy"}"#;
     let r = gw.post("/poll/instamed", &[json_ct], body).await;
@@ -85,7 +85,7 @@ async fn concurrent_registrations_of_one_token_are_one_job_and_max_jobs_holds() 
     }
     let r = register(&gw, &token()).await;
     assert_eq!((r.status, r.reason.as_str()), (503, "Too Many Jobs"));
-    assert!(r.headers.get("retry-after").is_some());
+    assert_eq!(r.headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("5"));
     assert_eq!(register(&gw, &t).await.status, 202, "a known token is still answered");
     assert_eq!(gw.metric(&jobs("pending")).await, 3.0);
     gw.stop().await;

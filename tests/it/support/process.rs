@@ -89,7 +89,7 @@ impl Proc {
     }
 
     pub async fn metric(&self, series: &str) -> f64 {
-        let text = self.admin.try_get("/metrics").await.map(|(_, t)| t).unwrap_or_default();
+        let (_, text) = self.admin.try_get("/metrics").await.expect("the admin listener is reachable");
         metric_value(&text, series)
     }
 
