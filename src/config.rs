@@ -135,6 +135,25 @@ impl Config {
         Ok(vec![b.url.clone().unwrap_or_else(|| DEFAULT_BROKER_URL.to_string())])
     }
 
+    /// The shared store's URL (`storage.shared`, or the variable or file named by `shared_env` / `shared_file`),
+    /// if replicas share state. An error names the key, never the URL (it may hold a password).
+    pub fn shared_url(&self, env: &dyn secret::Env) -> Result<Option<String>, ConfigError> {
+        let s = &self.storage;
+        if let Some(url) = &s.shared {
+            // Checked by validation.
+            return Ok(Some(url.clone()));
+        }
+        let Some((key, text)) = secret_text("storage.shared", s.shared_env.as_deref(), s.shared_file.as_deref(), env)?
+        else {
+            return Ok(None);
+        };
+        let url = text.trim().to_string();
+        if !validate::is_redis(&url) {
+            return Err(ConfigError::key(&key, "must start with redis:// or rediss://"));
+        }
+        Ok(Some(url))
+    }
+
     /// The effective configuration as TOML, every secret redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render the configuration: {e}\n"))

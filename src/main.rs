@@ -133,7 +133,8 @@ fn check_config(config: &Config, path: &Path) -> ExitCode {
     // Building every source resolves its secrets, so a missing variable or file is caught here too.
     let built = hookgate::source::build_all(config, &ProcessEnv)
         .and_then(|_| hookgate::poll::check_all(config, &ProcessEnv))
-        .and_then(|_| config.broker_urls(&ProcessEnv));
+        .and_then(|_| config.broker_urls(&ProcessEnv))
+        .and_then(|_| config.shared_url(&ProcessEnv));
     if let Err(e) = built {
         return invalid(path, e);
     }

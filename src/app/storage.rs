@@ -38,8 +38,8 @@ impl Storage {
         let cache_bytes = usize::try_from(s.cache_bytes).unwrap_or(usize::MAX);
         let state = State::open_with(&s.data_dir, cache_bytes, s.filter_bytes)
             .with_context(|| format!("cannot open the state in storage.data_dir {}", s.data_dir.display()))?;
-        let shared = match &s.shared {
-            Some(url) => Some(Shared::connect(url, &s.shared_prefix).await.context("cannot reach storage.shared")?),
+        let shared = match config.shared_url(env)? {
+            Some(url) => Some(Shared::connect(&url, &s.shared_prefix).await.context("cannot reach storage.shared")?),
             None => None,
         };
         let spool = open_spool(&Spool::dir_of(&s.data_dir), cipher.clone(), s.spool_max_bytes, metrics)?;

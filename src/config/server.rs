@@ -191,6 +191,11 @@ pub struct Storage {
     /// `redis://` URL of the dedup and order state shared by replicas.
     #[serde(serialize_with = "serialize_url", skip_serializing_if = "Option::is_none", default)]
     pub shared: Option<String>,
+    /// `shared` from an environment variable or a file (the URL may hold Redis's password).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shared_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shared_file: Option<PathBuf>,
     /// Prefix of every Redis key (`<prefix>:dedup:...`), so several deployments can share one Redis.
     #[serde(default = "default_shared_prefix")]
     pub shared_prefix: String,
@@ -212,6 +217,8 @@ impl Default for Storage {
         Storage {
             data_dir: default_data_dir(),
             shared: None,
+            shared_env: None,
+            shared_file: None,
             shared_prefix: default_shared_prefix(),
             spool_key_file: None,
             spool_key_env: None,

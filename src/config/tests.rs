@@ -176,6 +176,40 @@ fn check_config_output_redacts_credentials_in_http_urls() {
 }
 
 #[test]
+fn the_shared_store_url_from_the_environment_or_a_file_keeps_its_password_out_of_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("redis-url");
+    std::fs::write(&file, "redis://:pw1@redis.cache:6379\n").unwrap();
+    let env = std::collections::HashMap::from([
+        ("REDIS".to_string(), "rediss://:pw2@redis.cache:6380".to_string()),
+        ("HTTP".to_string(), "http://:pw3@redis.cache".to_string()),
+    ]);
+    let shared = |text: &str| {
+        let cfg = Config::parse(&format!("[storage]\n{text}\n{MINIMAL}")).and_then(Config::validate)?;
+        let printed = cfg.to_redacted_toml();
+        assert!(!printed.contains("pw"), "{printed}");
+        cfg.shared_url(&env)
+    };
+    assert_eq!(shared("shared_env = \"REDIS\"").unwrap().as_deref(), Some("rediss://:pw2@redis.cache:6380"));
+    let from_file = shared(&format!("shared_file = {:?}", file.display().to_string())).unwrap();
+    assert_eq!(from_file.as_deref(), Some("redis://:pw1@redis.cache:6379"));
+    assert_eq!(shared("shared = \"redis://h:6379\"").unwrap().as_deref(), Some("redis://h:6379"));
+    assert_eq!(shared("").unwrap(), None);
+    for (text, expected) in [
+        ("shared_env = \"UNSET\"", "`storage.shared_env`: environment variable UNSET is not set"),
+        ("shared_env = \"HTTP\"", "`storage.shared_env`: must start with redis:// or rediss://"),
+        (
+            "shared = \"redis://h\"\nshared_env = \"REDIS\"",
+            "`storage.shared`: give one of `shared`, `shared_env` or `shared_file`",
+        ),
+    ] {
+        let e = shared(text).unwrap_err().to_string();
+        assert!(e.contains(expected), "{text:?}: {e}");
+        assert!(!e.contains("pw"), "a URL's password in an error: {e}");
+    }
+}
+
+#[test]
 fn broker_urls_rules_and_redaction() {
     let two = "[broker]\nurls = [\"amqp://u:pw1@a:5672/%2f\", \"amqps://u:pw2@b:5671/%2f\"]\n";
     let cfg = Config::parse(&format!("{two}{MINIMAL}")).and_then(Config::validate).unwrap();

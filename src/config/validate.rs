@@ -123,10 +123,12 @@ impl Config {
 
     fn validate_storage(&self) -> Result<(), ConfigError> {
         let s = &self.storage;
-        if let Some(url) = &s.shared {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(ConfigError::key("storage.shared", "must start with redis://"));
-            }
+        let forms = [s.shared.is_some(), s.shared_env.is_some(), s.shared_file.is_some()];
+        if forms.into_iter().filter(|given| *given).count() > 1 {
+            return Err(ConfigError::key("storage.shared", "give one of `shared`, `shared_env` or `shared_file`"));
+        }
+        if s.shared.as_deref().is_some_and(|url| !is_redis(url)) {
+            return Err(ConfigError::key("storage.shared", "must start with redis:// or rediss://"));
         }
         if s.shared_prefix.is_empty() {
             return Err(ConfigError::key("storage.shared_prefix", "must not be empty"));
@@ -364,4 +366,9 @@ fn validate_answer(
         return Err(ConfigError::key(&key("dedup_window"), "must be greater than zero"));
     }
     Ok(())
+}
+
+/// A `redis://` or `rediss://` URL (`storage.shared` in any of its forms).
+pub(super) fn is_redis(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
 }

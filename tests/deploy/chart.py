@@ -335,7 +335,11 @@ def main():
         check_crds(docs)
         check_pod(docs, drain_seconds(docs), 2)
         eff = check_config(docs)
-        for needle in ('[pollers.instamed]', 'client_ca = "', 'crls = [', 'shared = "redis://redis.cache.svc:6379"', 'shared_prefix = "payments-hookgate"', 'spool_key_file = "'):
+        dashboards = [cm for cm in by_kind(docs, "ConfigMap") if "hookgate.json" in cm.get("data", {})]
+        ok(len(dashboards) == 1, f"all-on renders one dashboard ConfigMap, not {len(dashboards)}")
+        ok(not any("redis-pw" in json.dumps(cm.get("data", {})) for cm in by_kind(docs, "ConfigMap")), "no Redis password in a ConfigMap")
+        ok("redis-pw" not in eff, "no Redis password in check-config's output")
+        for needle in ('[pollers.instamed]', 'client_ca = "', 'crls = [', 'shared_env = "HOOKGATE_SHARED_URL"', 'shared_prefix = "payments-hookgate"', 'spool_key_file = "'):
             ok(needle in eff, f"all-on effective config has {needle}")
         print(f"all options on: {len(docs)} manifests valid (Kubernetes {', '.join(K8S_VERSIONS)}), CRD shapes ok, check-config ok")
 
@@ -350,6 +354,7 @@ def main():
             "vault-provider-secrets": {k: "x" + k for k in ["instamed-password", "tyro-hmac-secret", "tyro-session-key", "card-webhook-secret"]}
             | {"standard-webhooks-secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"},
             "rabbitmq-hookgate-user": {"connection-string": "amqp://u:p@rabbitmq:5672/%2f"},
+            "redis-hookgate": {"redis-url": "rediss://:redis-pw@redis.cache.svc:6380"},
         }
         check_config(docs, existing)
         print("existing Secrets: manifests valid, check-config ok")
@@ -380,7 +385,8 @@ def main():
     validate_schemas(docs)
     check_pod(docs, drain_seconds(docs), 3)
     eff = check_config(docs)
-    ok('shared = "redis://127.0.0.1:6379"' in eff and 'shared_prefix = "gw-hookgate"' in eff, "replicas share Redis under the release's prefix")
+    ok('shared_env = "HOOKGATE_SHARED_URL"' in eff and 'shared_prefix = "gw-hookgate"' in eff, "replicas share Redis under the release's prefix")
+    ok(not any("redis://" in json.dumps(cm.get("data", {})) for cm in by_kind(docs, "ConfigMap")), "the Redis URL is in a Secret, not the ConfigMap")
     print("replicaCount 3 + sharedStore: check-config ok")
     # ... and every replica runs with it: the shared RabbitMQ (own exchange), the shared Redis (own prefix).
     prefix = f"hookgate-deploy-test-{os.getpid()}"

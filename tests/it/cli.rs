@@ -85,6 +85,10 @@ fn an_unresolvable_secret_exits_64_naming_file_and_key_in_every_command() {
     for args in [&["spool", "stats", "--config", file][..], &["run", "--config", file]] {
         expect(args, "storage.spool_key_file", "no-such-key");
     }
+    write("", "shared_env = \"HOOKGATE_TEST_UNSET_REDIS\"\n", secret);
+    for command in ["check-config", "run"] {
+        expect(&[command, "--config", file], "storage.shared_env", "HOOKGATE_TEST_UNSET_REDIS is not set");
+    }
 }
 
 #[test]

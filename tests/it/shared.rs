@@ -27,14 +27,17 @@ unauthenticated = true
 
 const WAIT: Duration = Duration::from_secs(5);
 
-/// Two replicas on one exchange and one Redis key prefix (unique to the test), each with its own data dir.
+/// Two replicas on one exchange and one Redis key prefix (unique to the test), each with its own data dir. The
+/// second reads the Redis URL from the environment (`shared_env`, as the chart configures it).
 async fn replicas() -> (Gateway, Gateway, String) {
     let prefix = unique("hookgate-it");
     let storage = format!("shared = \"{REDIS}\"\nshared_prefix = \"{prefix}\"\n");
-    let opts = Opts { storage: storage.clone(), ..Opts::default() };
+    let opts = Opts { storage, ..Opts::default() };
     let a = Gateway::start_opts(SOURCES, &amqp_url(), HashMap::new(), opts).await;
+    let storage = format!("shared_env = \"HOOKGATE_TEST_REDIS_URL\"\nshared_prefix = \"{prefix}\"\n");
     let opts = Opts { storage, exchange: Some(a.exchange.clone()), ..Opts::default() };
-    let b = Gateway::start_opts(SOURCES, &amqp_url(), HashMap::new(), opts).await;
+    let env = HashMap::from([("HOOKGATE_TEST_REDIS_URL".to_string(), REDIS.to_string())]);
+    let b = Gateway::start_opts(SOURCES, &amqp_url(), env, opts).await;
     (a, b, prefix)
 }
 
@@ -71,12 +74,19 @@ async fn a_delivery_and_its_retry_on_different_replicas_publish_once() {
     let tasks: Vec<_> = (0..20)
         .map(|i| {
             let c = Gateway::client_for(if i % 2 == 0 { a.addr } else { b.addr });
-            tokio::spawn(async move { c.post("/webhooks/card", &JSON, body).await.status })
+            tokio::spawn(async move {
+                let r = c.post("/webhooks/card", &JSON, body).await;
+                (r.status, r.reason)
+            })
         })
         .collect();
+    let mut answers = Vec::new();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), 200);
+        answers.push(t.await.unwrap());
     }
+    let stored = answers.iter().filter(|a| *a == &(200, "Stored".to_string())).count();
+    let duplicates = answers.iter().filter(|a| *a == &(200, "Duplicate".to_string())).count();
+    assert_eq!((stored, duplicates), (1, 19), "{answers:?}");
     q.exactly_one(WAIT).await;
     q.close().await;
     a.stop().await;

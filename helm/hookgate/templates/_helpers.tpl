@@ -67,6 +67,10 @@ dataDir: /var/lib/hookgate/data
 {{- default (printf "%s-broker" (include "hookgate.fullname" .)) .Values.broker.existingSecret -}}
 {{- end -}}
 
+{{- define "hookgate.sharedSecretName" -}}
+{{- default (printf "%s-shared" (include "hookgate.fullname" .)) .Values.sharedStore.existingSecret -}}
+{{- end -}}
+
 {{/*
 A duration of the gateway's config ("250ms", "20s", "5m", "1h") in whole seconds, rounded up. Fails on
 anything else, naming the value.
@@ -87,8 +91,11 @@ anything else, naming the value.
 {{- if and (gt $replicas 1) (not .Values.sharedStore.enabled) -}}
 {{- fail (printf "hookgate: replicaCount is %d but sharedStore.enabled is false. Each replica would keep its own dedup index and order state, so a provider retry answered by another replica would be published a second time and out-of-order events would go unnoticed. Set sharedStore.enabled=true and sharedStore.url=redis://... (one Redis every replica reaches), or replicaCount=1." $replicas) -}}
 {{- end -}}
-{{- if and .Values.sharedStore.enabled (not (regexMatch "^rediss?://" (toString .Values.sharedStore.url))) -}}
-{{- fail "hookgate: sharedStore.enabled is true but sharedStore.url is not a redis:// or rediss:// URL" -}}
+{{- if and .Values.sharedStore.enabled (not .Values.sharedStore.existingSecret) (not (regexMatch "^rediss?://" (toString .Values.sharedStore.url))) -}}
+{{- fail "hookgate: sharedStore.enabled is true but sharedStore.url is not a redis:// or rediss:// URL (or give sharedStore.existingSecret)" -}}
+{{- end -}}
+{{- if and .Values.sharedStore.url .Values.sharedStore.existingSecret -}}
+{{- fail "hookgate: give either sharedStore.url or sharedStore.existingSecret, not both" -}}
 {{- end -}}
 {{- if and .Values.broker.url .Values.broker.existingSecret -}}
 {{- fail "hookgate: give either broker.url or broker.existingSecret, not both" -}}
@@ -151,7 +158,8 @@ mounted file paths, data_dir, the shared store, the broker URLs' variable).
 {{- $_ := unset $storage "spool_key_file" -}}
 {{- end -}}
 {{- if .Values.sharedStore.enabled -}}
-{{- $_ := set $storage "shared" .Values.sharedStore.url -}}
+{{- $_ := unset $storage "shared" -}}
+{{- $_ := set $storage "shared_env" "HOOKGATE_SHARED_URL" -}}
 {{- $_ := set $storage "shared_prefix" (default (include "hookgate.fullname" .) .Values.sharedStore.prefix) -}}
 {{- else -}}
 {{- $_ := unset $storage "shared" -}}
