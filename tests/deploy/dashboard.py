@@ -163,16 +163,18 @@ def traffic(base, round_no):
     sent = 0
     txn = f"dash-{os.getpid()}-{round_no}"
 
-    def post(path, body, headers, want):
+    def post(path, body, headers, want, reason=None):
         nonlocal sent
-        status, _ = http(base + path, json.dumps(body).encode() if not isinstance(body, bytes) else body, headers, "POST")
+        status, text = http(base + path, json.dumps(body).encode() if not isinstance(body, bytes) else body, headers, "POST")
         sent += 1
         ok(status == want, f"POST {path}: {status}, expected {want}")
+        if reason is not None:
+            ok(text.decode().strip() == reason, f"POST {path}: {text!r}, expected {reason}")
 
     settled = dict(fixture, TransactionID=txn, TransactionStatus="Settlement")
-    post("/webhooks/instamed", settled, basic, 200)
-    post("/webhooks/instamed", settled, basic, 200)            # provider retry: 200 Duplicate
-    post("/webhooks/instamed", dict(settled, TransactionStatus="Approved"), basic, 200)  # after a later one: out of order
+    post("/webhooks/instamed", settled, basic, 200, "Stored")
+    post("/webhooks/instamed", settled, basic, 200, "Duplicate")   # provider retry
+    post("/webhooks/instamed", dict(settled, TransactionStatus="Approved"), basic, 200, "Stored")  # after a later one: out of order
     post("/webhooks/instamed", settled, bad, 401)
     card = json.load(open(os.path.join(ROOT, "tests", "fixtures", "prepaid-card-purchase.json")))
     body = json.dumps(dict(card, TransactionId=txn)).encode()

@@ -29,3 +29,10 @@ pub async fn expect_published(q: &mut Queue, bodies: &[Vec<u8>]) {
     }
     assert!(q.next(Duration::from_millis(300)).await.is_none(), "a refused delivery was published");
 }
+
+/// The handshake was refused with a TLS alert, at once: not any error (the harness's own timeout is one too).
+pub fn refused_by_alert(case: &str, r: Result<Resp, String>, took: Duration) {
+    let error = r.err().unwrap_or_else(|| panic!("{case}: the handshake must fail"));
+    assert!(error.to_lowercase().contains("alert"), "{case}: not refused by a TLS alert: {error}");
+    assert!(took < Duration::from_secs(2), "{case}: refused after {took:?}");
+}

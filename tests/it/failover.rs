@@ -69,11 +69,13 @@ async fn cutting_the_connected_node_fails_over_to_the_next_without_losing_an_ack
     let workers = load(&gw, stop.clone(), cut.clone());
     tokio::time::sleep(Duration::from_millis(700)).await;
     // The gateway is on the first node (it is up): cut it, connections and all.
+    assert!(a.open_connections() >= 1 && b.open_connections() == 0, "connected through the first node only");
     a.cut();
     cut.store(true, Ordering::Release);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Reconnected through the second node while the first stays down.
     gw.wait_metric("hookgate_broker_connected", 1.0).await;
+    assert!(b.open_connections() >= 1, "reconnected through the second node");
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.store(true, Ordering::Release);
     let mut answers = Vec::new();

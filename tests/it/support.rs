@@ -449,14 +449,35 @@ where
         .unwrap_or_else(|_| Err(format!("no answer within {REQUEST_LIMIT:?}")))
 }
 
+/// An error and its sources, as one line.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 async fn round_trip<S>(io: S, req: http::Request<Full<Bytes>>) -> Result<Resp, String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await.map_err(|e| chain(&e))?;
+    let conn = tokio::spawn(conn);
+    let resp = match sender.send_request(req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            // The connection's own error says why (a TLS alert, a reset); the request's only that it ended.
+            let why = match tokio::time::timeout(Duration::from_secs(1), conn).await {
+                Ok(Ok(Err(e))) => chain(&e),
+                _ => String::new(),
+            };
+            return Err(format!("{}: {why}", chain(&e)));
+        }
+    };
     let status = resp.status();
     let reason = resp
         .extensions()

@@ -98,8 +98,12 @@ async fn proxy_protocol_v2() {
         ("no header", Vec::new()),
     ];
     for (case, header) in malformed {
+        let started = tokio::time::Instant::now();
         let answer = gw.raw(&proxied(&header, 0)).await;
         assert_eq!(answer, "", "{case}: the connection is dropped without an answer");
+        // Dropped, not held open until a timeout (`raw` also reads "" after 3 s of silence).
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(1), "{case}: closed after {took:?}");
     }
     expect_published(&mut q, &[body(1)]).await;
     q.close().await;

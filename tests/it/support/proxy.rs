@@ -93,6 +93,11 @@ impl Proxy {
         self.state.lock().expect("lock").injections.push(frame);
     }
 
+    /// Proxied connections open now (the client's that the proxy accepted and has not closed).
+    pub fn open_connections(&self) -> usize {
+        self.state.lock().expect("lock").conns.iter().filter(|c| !c.is_finished()).count()
+    }
+
     /// Keeps connections open but stops forwarding bytes (a broker that never confirms).
     pub fn stall(&self, stalled: bool) {
         self.state.lock().expect("lock").stalled = stalled;
