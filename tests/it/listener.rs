@@ -89,16 +89,20 @@ async fn slow_headers_and_silent_tls_clients_are_cut() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_the_cap_wait() {
     let gw = Gateway::start_full("max_connections = 2\n", SOURCES, &amqp_url(), HashMap::new()).await;
+    let opened = Instant::now();
     let _a = TcpStream::connect(gw.addr).await.unwrap();
     let b = TcpStream::connect(gw.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.wait_metric("hookgate_open_connections", 2.0).await;
     let client = crate::support::Gateway::client_for(gw.addr);
     let waiting = tokio::spawn(async move { client.post("/webhooks/generic", &JSON, b"{}").await.status });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "a third connection is not served while two are open");
+    assert_eq!(gw.metric("hookgate_open_connections").await, 2.0, "the third waits in the backlog");
     drop(b);
     let status =
         tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once a slot frees").unwrap();
+    // Served because `b` left, not because the header timeout (2 s) closed the idle ones.
+    assert!(opened.elapsed() < Duration::from_millis(1900), "served after {:?}", opened.elapsed());
     // No queue is bound: stored in the alternate exchange — what matters is that the answer came.
     assert_eq!(status, 200);
     gw.stop().await;
