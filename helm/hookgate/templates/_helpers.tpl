@@ -112,9 +112,9 @@ anything else, naming the value.
 {{- fail "hookgate: config.sources is empty; add at least one source (see values.yaml)" -}}
 {{- end -}}
 {{- $drain := include "hookgate.seconds" (dig "server" "drain_timeout" "20s" .Values.config) | int -}}
-{{- $needed := add $drain .Values.preStopSleepSeconds 5 -}}
+{{- $needed := add $drain .Values.preStopSleepSeconds 7 -}}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) -}}
-{{- fail (printf "hookgate: terminationGracePeriodSeconds (%d) must be at least config.server.drain_timeout (%ds) + preStopSleepSeconds (%d) + 5s, or Kubernetes kills the gateway before it has answered what is in flight" (int .Values.terminationGracePeriodSeconds) $drain (int .Values.preStopSleepSeconds)) -}}
+{{- fail (printf "hookgate: terminationGracePeriodSeconds (%d) must be at least config.server.drain_timeout (%ds) + preStopSleepSeconds (%d) + 7s (the process's own bound: drain_timeout + 5s, then 1s for blocking tasks), or Kubernetes kills the gateway before it has answered what is in flight" (int .Values.terminationGracePeriodSeconds) $drain (int .Values.preStopSleepSeconds)) -}}
 {{- end -}}
 {{- end -}}
 
