@@ -175,6 +175,14 @@ fn check_config_output_redacts_credentials_in_http_urls() {
     }
 }
 
+/// `[section]` with `text`, on the minimal config, validated; `check-config`'s output of it holds no `pw`.
+fn printed_without_passwords(section: &str, text: &str) -> Result<Config, crate::config::ConfigError> {
+    let cfg = Config::parse(&format!("[{section}]\n{text}\n{MINIMAL}")).and_then(Config::validate)?;
+    let printed = cfg.to_redacted_toml();
+    assert!(!printed.contains("pw"), "{printed}");
+    Ok(cfg)
+}
+
 #[test]
 fn the_shared_store_url_from_the_environment_or_a_file_keeps_its_password_out_of_the_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -184,12 +192,7 @@ fn the_shared_store_url_from_the_environment_or_a_file_keeps_its_password_out_of
         ("REDIS".to_string(), "rediss://:pw2@redis.cache:6380".to_string()),
         ("HTTP".to_string(), "http://:pw3@redis.cache".to_string()),
     ]);
-    let shared = |text: &str| {
-        let cfg = Config::parse(&format!("[storage]\n{text}\n{MINIMAL}")).and_then(Config::validate)?;
-        let printed = cfg.to_redacted_toml();
-        assert!(!printed.contains("pw"), "{printed}");
-        cfg.shared_url(&env)
-    };
+    let shared = |text: &str| printed_without_passwords("storage", text)?.shared_url(&env);
     assert_eq!(shared("shared_env = \"REDIS\"").unwrap().as_deref(), Some("rediss://:pw2@redis.cache:6380"));
     let from_file = shared(&format!("shared_file = {:?}", file.display().to_string())).unwrap();
     assert_eq!(from_file.as_deref(), Some("redis://:pw1@redis.cache:6379"));
@@ -250,12 +253,7 @@ fn broker_urls_from_the_environment_or_a_file_keep_the_credentials_out_of_the_co
         ("COMMA".to_string(), "amqp://u:p,w1@a/%2f,amqp://u:pw2@b/%2f,".to_string()),
         ("HTTP".to_string(), "http://u:pw9@b/".to_string()),
     ]);
-    let urls = |text: &str| {
-        let cfg = Config::parse(&format!("[broker]\n{text}\n{MINIMAL}")).and_then(Config::validate)?;
-        let printed = cfg.to_redacted_toml();
-        assert!(!printed.contains("pw"), "{printed}");
-        cfg.broker_urls(&env)
-    };
+    let urls = |text: &str| printed_without_passwords("broker", text)?.broker_urls(&env);
     let two = ["amqp://u:pw1@a:5672/%2f", "amqps://u:pw2@b:5671/%2f"];
     assert_eq!(urls("urls_env = \"BROKERS\"").unwrap(), two);
     // A comma separates only where the next URL starts: one in a password stays in it.
