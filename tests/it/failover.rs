@@ -139,3 +139,21 @@ async fn nodes_from_the_environment_are_tried_in_order() {
     q.close().await;
     gw.stop().await;
 }
+
+/// The nodes are tried in the order given: with both up, the gateway connects to the first and leaves the second
+/// alone (the test above cannot tell order from reverse order: its first node refuses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_node_up_the_first_one_is_used() {
+    let (a, b) = (Proxy::start().await, Proxy::start().await);
+    let env = HashMap::from([("HOOKGATE_TEST_BROKERS".to_string(), format!("{},{}", a.url(), b.url()))]);
+    let opts = Opts { broker: "urls_env = \"HOOKGATE_TEST_BROKERS\"\n".into(), ..Opts::default() };
+    let gw = Gateway::start_opts(SOURCES, "", env, opts).await;
+    gw.wait_ready().await;
+    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"first-node"}"#).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    assert!(a.open_connections() >= 1, "connected through the first node");
+    assert_eq!(b.open_connections(), 0, "the second node is not used while the first answers");
+    gw.stop().await;
+    a.cut();
+    b.cut();
+}
