@@ -148,7 +148,7 @@ impl Config {
             return Ok(None);
         };
         let url = text.trim().to_string();
-        if !validate::is_redis(&url) {
+        if !is_redis(&url) {
             return Err(ConfigError::key(&key, "must start with redis:// or rediss://"));
         }
         Ok(Some(url))
@@ -181,6 +181,11 @@ fn split_nodes(text: &str) -> Vec<String> {
 /// `amqp://` or `amqps://`.
 fn is_amqp(url: &str) -> bool {
     url.starts_with("amqp://") || url.starts_with("amqps://")
+}
+
+/// `redis://` or `rediss://` (`storage.shared` in any of its forms).
+fn is_redis(url: &str) -> bool {
+    url.starts_with("redis://") || url.starts_with("rediss://")
 }
 
 /// The text given by `<key>_env` or `<key>_file` (none if neither is set), and which of the two keys gave it.

@@ -104,11 +104,12 @@ struct Inner {
     /// Held across a cursor write and the deletions after it (the fsyncs and the rename), never with `state`.
     cursor: Mutex<()>,
     /// Lock-free copies of `state` for the request path and the drainer's loop on the runtime: undrained records
-    /// and their bytes, the seq of the oldest undrained record (the next seq when none) and the next seq.
+    /// and their bytes, and the seq of the oldest undrained record (the next seq when none).
     records: AtomicUsize,
     bytes: AtomicU64,
     front: AtomicU64,
-    next: AtomicU64,
+    /// The next seq when the spool was opened: every record below it was held at start (the start-up replay's end).
+    opened_at: u64,
     poisoned: AtomicBool,
     /// Every record with a smaller seq is durable.
     synced: AtomicU64,
@@ -179,7 +180,7 @@ impl Spool {
             records: AtomicUsize::new(records),
             bytes: AtomicU64::new(bytes),
             front: AtomicU64::new(front),
-            next: AtomicU64::new(next_seq),
+            opened_at: next_seq,
             poisoned: AtomicBool::new(false),
             synced: AtomicU64::new(next_seq),
             arrived: Notify::new(),
@@ -396,7 +397,6 @@ impl Inner {
         self.records.store(st.queue.len(), Ordering::Release);
         self.bytes.store(st.bytes, Ordering::Release);
         self.front.store(st.queue.front().map_or(st.next_seq, |l| l.seq), Ordering::Release);
-        self.next.store(st.next_seq, Ordering::Release);
     }
 }
 

@@ -127,7 +127,7 @@ impl Config {
         if forms.into_iter().filter(|given| *given).count() > 1 {
             return Err(ConfigError::key("storage.shared", "give one of `shared`, `shared_env` or `shared_file`"));
         }
-        if s.shared.as_deref().is_some_and(|url| !is_redis(url)) {
+        if s.shared.as_deref().is_some_and(|url| !super::is_redis(url)) {
             return Err(ConfigError::key("storage.shared", "must start with redis:// or rediss://"));
         }
         if s.shared_prefix.is_empty() {
@@ -366,9 +366,4 @@ fn validate_answer(
         return Err(ConfigError::key(&key("dedup_window"), "must be greater than zero"));
     }
     Ok(())
-}
-
-/// A `redis://` or `rediss://` URL (`storage.shared` in any of its forms).
-pub(super) fn is_redis(url: &str) -> bool {
-    url.starts_with("redis://") || url.starts_with("rediss://")
 }

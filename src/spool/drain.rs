@@ -65,9 +65,8 @@ impl Drainer {
         let mut parked_len = self.parked.len();
         // The start-up replay is done once every record the spool held at start is passed — not when the spool
         // is next seen empty, which under steady arrivals (queued behind the spool) may be never.
-        // Read lock-free, as every check on this runtime thread: the writer holds the state lock across writes
-        // and fsyncs.
-        let replay_end = self.spool.inner.next.load(Ordering::Acquire);
+        // Every check on this runtime thread is lock-free: the writer holds the state lock across writes and fsyncs.
+        let replay_end = self.spool.inner.opened_at;
         loop {
             self.gauges();
             if self.parked.len() > parked_len {
