@@ -134,7 +134,8 @@ fn check_config(config: &Config, path: &Path) -> ExitCode {
     let built = hookgate::source::build_all(config, &ProcessEnv)
         .and_then(|_| hookgate::poll::check_all(config, &ProcessEnv))
         .and_then(|_| config.broker_urls(&ProcessEnv))
-        .and_then(|_| config.shared_url(&ProcessEnv));
+        .and_then(|_| config.shared_url(&ProcessEnv))
+        .and_then(|_| hookgate::spool::crypto::load_key(&config.storage, &ProcessEnv).map(drop));
     if let Err(e) = built {
         return invalid(path, e);
     }

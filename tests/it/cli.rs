@@ -82,9 +82,12 @@ fn an_unresolvable_secret_exits_64_naming_file_and_key_in_every_command() {
     expect(&sign, "sources.card.auth.hmac.secrets_env", "HOOKGATE_TEST_UNSET_CARD is not set");
     let key = dir.path().join("no-such-key");
     write("", &format!("spool_key_file = \"{}\"\n", key.display()), secret);
-    for args in [&["spool", "stats", "--config", file][..], &["run", "--config", file]] {
-        expect(args, "storage.spool_key_file", "no-such-key");
+    for command in ["check-config", "run"] {
+        expect(&[command, "--config", file], "storage.spool_key_file", "no-such-key");
     }
+    expect(&["spool", "stats", "--config", file], "storage.spool_key_file", "no-such-key");
+    std::fs::write(&key, "not base64!").unwrap();
+    expect(&["check-config", "--config", file], "storage.spool_key_file", "base64");
     write("", "shared_env = \"HOOKGATE_TEST_UNSET_REDIS\"\n", secret);
     for command in ["check-config", "run"] {
         expect(&[command, "--config", file], "storage.shared_env", "HOOKGATE_TEST_UNSET_REDIS is not set");
@@ -110,6 +113,44 @@ fn check_config_resolves_the_pollers_secrets() {
         out.contains("[pollers.im]") && out.contains("token_ttl = \"15m\"") && !out.contains("sso-s3cret"),
         "{out}"
     );
+}
+
+/// SPEC §8's poller example, word for word (its JWKS file beside it, its password in the environment), passes
+/// `check-config`: its `bearer` gives a JWKS and an audience, no issuer.
+#[test]
+fn the_spec_poller_example_passes_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, jwk) = crate::support::ec_key("idp-1");
+    std::fs::write(dir.path().join("internal-jwks.json"), serde_json::json!({ "keys": [jwk] }).to_string()).unwrap();
+    let example = r#"
+[pollers.instamed]
+source = "instamed"            # events are published as this source's events (same preset, same dedup)
+path = "/poll/instamed"        # where internal services register SSO tokens (auth as for a source)
+sso_url = "https://online.instamed.com/Forms/WebServices/SSOService.asmx"
+nvp_url = "https://online.instamed.com/payment/NVP.aspx"
+account_id = "..."
+alias = "..."
+password_env = "INSTAMED_SSO_PASSWORD"
+merchant_id = "..."
+store_id = "..."
+terminal_id = "..."
+interval = "10s"
+token_ttl = "15m"
+[pollers.instamed.auth]
+bearer = { jwks_file = "internal-jwks.json", audience = "hookgate" }
+"#;
+    let text = format!("[sources.instamed]\npreset = \"instamed\"\nunauthenticated = true\n{example}");
+    std::fs::write(dir.path().join("hookgate.toml"), text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_hookgate"))
+        .args(["check-config", "--config", "hookgate.toml"])
+        .current_dir(dir.path())
+        .env("INSTAMED_SSO_PASSWORD", "sso-s3cret")
+        .output()
+        .expect("run hookgate");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let bearer = "[pollers.instamed.auth.bearer]\njwks_file = \"internal-jwks.json\"\naudience = \"hookgate\"\n";
+    assert!(stdout.contains(bearer) && !stdout.contains("issuer"), "no issuer is made up:\n{stdout}");
 }
 
 #[test]

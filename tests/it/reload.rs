@@ -235,20 +235,6 @@ async fn sighup_rotates_a_secret_file_refuses_a_broken_file_and_names_restart_on
     delete_exchange(&exchange).await;
 }
 
-/// An ES256 signing key and its JWK.
-fn ec_key(kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-    use base64::Engine;
-    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-    let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("key");
-    let p = pair.public_key().as_ref();
-    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
-        "x": B64URL.encode(&p[1..33]), "y": B64URL.encode(&p[33..65])});
-    (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
-}
-
 fn token(kid: &str, key: &jsonwebtoken::EncodingKey) -> String {
     let now = chrono::Utc::now().timestamp();
     let claims = serde_json::json!({"iss": "https://idp.example", "aud": "hookgate", "iat": now, "exp": now + 300});
@@ -264,7 +250,7 @@ fn token(kid: &str, key: &jsonwebtoken::EncodingKey) -> String {
 async fn a_rotated_jwks_file_takes_effect_at_a_reload() {
     let dir = tempfile::tempdir().expect("tempdir");
     let jwks = dir.path().join("jwks.json");
-    let ((old_key, old_jwk), (new_key, new_jwk)) = (ec_key("old"), ec_key("new"));
+    let ((old_key, old_jwk), (new_key, new_jwk)) = (crate::support::ec_key("old"), crate::support::ec_key("new"));
     std::fs::write(&jwks, serde_json::json!({ "keys": [old_jwk] }).to_string()).expect("jwks");
     let source = format!(
         "[sources.oauth]\npreset = \"generic\"\n[sources.oauth.auth]\n\

@@ -707,3 +707,17 @@ impl Pki {
         Arc::new(cfg)
     }
 }
+
+/// An ES256 signing key and its JWK.
+pub fn ec_key(kid: &str) -> (jsonwebtoken::EncodingKey, serde_json::Value) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    use base64::Engine;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("key");
+    let p = pair.public_key().as_ref();
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256",
+        "x": B64URL.encode(&p[1..33]), "y": B64URL.encode(&p[33..65])});
+    (jsonwebtoken::EncodingKey::from_ec_der(pkcs8.as_ref()), jwk)
+}
