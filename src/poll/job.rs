@@ -19,7 +19,7 @@ pub enum JobState {
     Complete,
     /// InstaMed said `EXPIRED`, or `token_ttl` passed while it said `NEW`; `<source>.sso.expired` was published.
     Expired,
-    /// Upstream errors until `token_ttl`; `<source>.sso.failed` was published.
+    /// Upstream errors until `token_ttl`; `<source>.sso.expired` was published, its body's `state` `failed`.
     Failed,
 }
 

@@ -8,7 +8,8 @@
 //! the NVP answer enters the pipeline as an event of the poller's source; `EXPIRED` → `<source>.sso.expired`.
 //! An upstream error is retried after a back-off (doubling from `interval`, capped at 8 × `interval`, with
 //! jitter), never past the token's life. At `token_ttl` (one last call is made then) the job ends: `expired`
-//! if InstaMed last said `NEW`, `failed` (`<source>.sso.failed`) if the last call was an upstream error.
+//! if InstaMed last said `NEW`, `failed` if the last call was an upstream error; both publish
+//! `<source>.sso.expired` (SPEC §8), whose body's `state` and `last_error` tell the two apart.
 //! A completed token whose receipt cannot be stored (broker and spool down) is retried past `token_ttl`: the
 //! payment is known to have happened and must not be lost.
 
@@ -227,7 +228,7 @@ fn log_stored(poller: &Poller, job: &Job, stored: Stored, msg: &'static str) {
     tracing::info!(poller = %poller.name, job = %token_ref(&job.token), outcome = ?stored, attempts = job.attempts, "{msg}");
 }
 
-/// Publishes `<source>.sso.expired` or `<source>.sso.failed` for a job that ends without a receipt.
+/// Publishes `<source>.sso.expired` for a job that ends without a receipt (`state` expired or failed).
 async fn publish_final(poller: &Poller, gateway: &Gateway, job: &mut Job, state: JobState) -> Next {
     let event = sso_event(poller, job, state);
     let deadline = Instant::now() + poller.source.answer_within();
@@ -244,9 +245,10 @@ async fn publish_final(poller: &Poller, gateway: &Gateway, job: &mut Job, state:
     }
 }
 
-/// The event a job raises itself: type `sso.expired` or `sso.failed`, the token as subject, a small JSON body.
+/// The event a job raises itself: type `sso.expired` (SPEC §8: on `EXPIRED` or at `token_ttl`, whatever the last
+/// call said), the token as subject, a small JSON body whose `state` says `expired` or `failed`.
 fn sso_event(poller: &Poller, job: &Job, state: JobState) -> Event {
-    let kind = if state == JobState::Failed { "sso.failed" } else { "sso.expired" };
+    let kind = "sso.expired";
     let id = format!("{}:{kind}", job.token);
     let id = if id.len() > 200 { format!("sha256:{}", crate::normalize::sha256_hex(id.as_bytes())) } else { id };
     let body = serde_json::json!({

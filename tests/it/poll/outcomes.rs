@@ -1,5 +1,5 @@
 //! What a job publishes: the receipt once (NEW, NEW, COMPLETE), `sso.expired` (EXPIRED, or NEW past the life),
-//! one message with a webhook of the same transaction, retries through upstream errors, `sso.failed`.
+//! one message with a webhook of the same transaction, retries through upstream errors, `sso.expired` after them.
 
 use std::time::Duration;
 
@@ -187,8 +187,10 @@ async fn upstream_errors_are_retried_then_the_receipt_is_published_once() {
     gw.stop().await;
 }
 
+/// SPEC §8: "at `token_ttl` it publishes `<source>.sso.expired`", also when every call failed; the job's state
+/// (`failed`) and the body's `state` and `last_error` say that hookgate could not tell what became of the payment.
 #[tokio::test]
-async fn upstream_down_for_the_whole_life_ends_failed() {
+async fn upstream_down_for_the_whole_life_ends_failed_and_publishes_sso_expired() {
     let fake = Fake::start().await;
     let closed = format!("http://127.0.0.1:{}/Forms/WebServices/SSOService.asmx", crate::support::free_port());
     let text = super::config(&fake, Some(&closed), "token_ttl = \"1500ms\"");
@@ -197,7 +199,9 @@ async fn upstream_down_for_the_whole_life_ends_failed() {
     let t = token();
     assert_eq!(register(&gw, &t).await.status, 202);
     let m = q.exactly_one(Duration::from_secs(10)).await;
-    assert_eq!(m.routing_key, "instamed.sso.failed");
+    assert_eq!(m.routing_key, "instamed.sso.expired");
+    assert_eq!(m.text("cloudEvents_type").as_deref(), Some("instamed.sso.expired"));
+    assert_eq!(m.props.message_id().as_ref().map(|s| s.as_str()), Some(format!("{t}:sso.expired").as_str()));
     assert_eq!(m.text("cloudEvents_subject").as_deref(), Some(t.as_str()));
     let body: serde_json::Value = serde_json::from_slice(&m.body).expect("JSON body");
     assert_eq!((body["state"].as_str(), body["last_error"].as_str()), (Some("failed"), Some("connect_error")));
