@@ -150,6 +150,18 @@ async fn tyro_by_post_and_by_get() {
     let r = gw.request("DELETE", "/tyro/tx-77/rejected", &[("sessionKey", "tyro-session")], b"").await;
     assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
     assert_eq!(q.exactly_one(WAIT).await.routing_key, "tyro.healthfundrejectedinvoice");
+
+    // Tyro sends the headers a client asked for with every webhook: a body-less GET that names a content type is
+    // still body-less (published as its path and query), while an empty POST is a body that does not parse.
+    let hdrs = [("sessionKey", "tyro-session"), ("content-type", "application/json")];
+    let r = gw.request("GET", "/tyro/tx-78/approved", &hdrs, b"").await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    let m = q.exactly_one(WAIT).await;
+    assert_eq!(m.routing_key, "tyro.healthfundapprovedinvoice");
+    assert_eq!(m.props.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
+    assert_eq!(m.body, br#"{"transactionId":"tx-78","event":"approved"}"#);
+    let r = gw.request("POST", "/tyro/tx-79/approved", &hdrs, b"").await;
+    assert_eq!((r.status, r.reason.as_str()), (400, "Malformed Body"));
     q.close().await;
     gw.stop().await;
 }
