@@ -6,10 +6,12 @@
 //!   sniff on plain HTTP, hyper with its timer.
 //! - `listener/idle.rs`: no connection holds a slot without a request in flight past `header_read_timeout`
 //!   (before its first request) or `idle_timeout` (between requests).
+//! - `listener/late.rs`: an HTTP/1.1 head that is late is answered `408` before the close.
 //! - `listener/sniff.rs`: HTTP/2 prior knowledge vs HTTP/1.1 on plain HTTP.
 
 mod conn;
 mod idle;
+mod late;
 mod sniff;
 
 use std::sync::Arc;

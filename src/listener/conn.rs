@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::idle::{drive, Activity, IdleLimits};
+use super::late::LateAnswer;
 use super::sniff::{sniff, Proto, Rewind};
 use super::Limits;
 use crate::auth::Peer;
@@ -108,17 +109,17 @@ impl Shared {
     {
         let activity = Activity::new();
         let svc = service(self.gateway.clone(), peer, activity.clone());
-        let io = TokioIo::new(io);
         let (first, idle) = (self.limits.header_read_timeout, self.limits.idle_timeout);
         match proto {
             Proto::Http1 => {
-                // hyper's own header timer also runs from each answer to the next head: the smaller limit wins.
+                // The next head is due `header_read_timeout` after each answer too: the smaller limit wins.
                 let limits = IdleLimits { first, between: idle.min(first) };
+                let io = TokioIo::new(LateAnswer::new(io, activity.clone()));
                 drive(self.http1.serve_connection(io, svc), &activity, limits, drain).await;
             }
             Proto::Http2 => {
                 let limits = IdleLimits { first, between: idle };
-                drive(self.http2.serve_connection(io, svc), &activity, limits, drain).await;
+                drive(self.http2.serve_connection(TokioIo::new(io), svc), &activity, limits, drain).await;
             }
         }
     }
@@ -159,7 +160,8 @@ fn builders(
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // A backstop only: the idle watcher closes a late head first, so that it is answered `408` (`late.rs`).
+        .header_read_timeout(limits.header_read_timeout + HEADER_BACKSTOP)
         // hyper counts the raw head (request line, separators); the exact cap on names and values is checked per
         // request (`http::check_header_bytes`), so this bound leaves room for the request line and framing.
         .max_header_size(raw_head_bytes(limits.max_header_bytes))
@@ -174,6 +176,10 @@ fn builders(
         .keep_alive_timeout(limits.header_read_timeout);
     (http1, http2)
 }
+
+/// How long after `header_read_timeout` hyper's own header timer would close a connection the idle watcher has
+/// not (it always has: the watcher's limit is the same timeout, counted from no later).
+const HEADER_BACKSTOP: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The raw HTTP/1.1 head hyper may buffer: the header cap plus room for a request line of 8 KiB and the
 /// separators of hyper's at most 100 fields.

@@ -7,6 +7,7 @@
 //! dropped [`CLOSE_GRACE`] later if still idle. A request in flight is bounded by its own deadlines.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,6 +34,8 @@ pub struct IdleLimits {
 pub struct Activity {
     state: Mutex<State>,
     changed: Notify,
+    /// Its next request head was due and did not come: an HTTP/1.1 connection answers `408` (`late.rs`).
+    late: AtomicBool,
 }
 
 struct State {
@@ -44,7 +47,12 @@ struct State {
 impl Activity {
     pub fn new() -> Arc<Activity> {
         let state = State { in_flight: 0, requests: 0, idle_since: Instant::now() };
-        Arc::new(Activity { state: Mutex::new(state), changed: Notify::new() })
+        Arc::new(Activity { state: Mutex::new(state), changed: Notify::new(), late: AtomicBool::new(false) })
+    }
+
+    /// Whether the connection's request head was due and did not come.
+    pub fn is_late(&self) -> bool {
+        self.late.load(Ordering::Acquire)
     }
 
     /// Marks a request in flight until the guard is dropped.
@@ -113,6 +121,8 @@ where
                 if closing_since.is_some() {
                     return;
                 }
+                // Read by the connection's stream on the next poll of `conn` (this task): see `late.rs`.
+                activity.late.store(true, Ordering::Release);
                 close(conn.as_mut(), &mut closing_since);
             }
         }

@@ -82,6 +82,8 @@ async fn slow_headers_and_silent_tls_clients_are_cut() {
     let _ =
         tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await.expect("closed by the server");
     assert!(started.elapsed() < Duration::from_secs(3), "cut at the header timeout");
+    let said = String::from_utf8_lossy(&out);
+    assert!(said.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "answered 408 before the close: {said:?}");
     gw.tls = Some(pki.client_config(None, &[b"http/1.1"]));
     gw.stop().await;
 }

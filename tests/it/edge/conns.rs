@@ -28,6 +28,15 @@ async fn closed_within(mut s: TcpStream, limit: Duration) -> Duration {
     }
 }
 
+/// Everything the server sends on `s` until it closes it, and when that was; panics if still open after `limit`.
+async fn read_until_closed(mut s: TcpStream, limit: Duration) -> (Duration, String) {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "connection still open after {limit:?}");
+    (started.elapsed(), String::from_utf8_lossy(&out).into_owned())
+}
+
 /// `n` connections that each send `first` (maybe nothing) and then stay silent, all closed by the gateway
 /// within `limit`; meanwhile a real delivery, queued behind them, is answered `200 Stored` within `limit`.
 async fn flood_then_deliver(gw: &Gateway, n: usize, first: &'static [u8], limit: Duration) {
@@ -62,13 +71,38 @@ async fn silent_and_one_byte_connections_are_closed_and_deliveries_get_through()
     assert_eq!(q.exactly_one(Duration::from_secs(5)).await.routing_key, "generic.after.flood");
     flood_then_deliver(&gw, 50, b"P", limit).await;
     assert_eq!(q.exactly_one(Duration::from_secs(5)).await.routing_key, "generic.after.flood");
-    // Part of a head, and a whole HTTP/2 preface with no request: closed alike.
+    // Part of a head (first on a connection, and after an answered request), and a whole HTTP/2 preface with no
+    // request: closed alike; the parts of a head are answered `408` first (SPEC §5: "where HTTP still allows an
+    // answer"), the silent one is not, and the HTTP/2 one gets HTTP/2's own GOAWAY.
     let mut partial = TcpStream::connect(gw.addr).await.unwrap();
     partial.write_all(b"POST /webhooks/generic HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    let mut second = TcpStream::connect(gw.addr).await.unwrap();
+    let body = br#"{"event":"before.stall"}"#;
+    let head = format!(
+        "POST /webhooks/generic HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    second.write_all(&[head.as_bytes(), body].concat()).await.unwrap();
+    let mut first_answer = vec![0u8; 512];
+    let n = second.read(&mut first_answer).await.unwrap();
+    assert!(
+        first_answer[..n].starts_with(b"HTTP/1.1 200 Stored\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&first_answer[..n])
+    );
+    second.write_all(b"POST /webhooks/generic HTTP/1.1\r\nhost:").await.unwrap();
     let mut preface = TcpStream::connect(gw.addr).await.unwrap();
     preface.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    closed_within(partial, limit).await;
-    closed_within(preface, limit).await;
+    let silent = TcpStream::connect(gw.addr).await.unwrap();
+    let timeout_answer = "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+    let (took, said) = read_until_closed(partial, limit).await;
+    assert_eq!(said, timeout_answer);
+    assert!(took >= HEADER_READ - Duration::from_millis(100), "answered after {took:?}");
+    assert_eq!(read_until_closed(second, limit).await.1, timeout_answer);
+    let said = read_until_closed(preface, limit).await.1;
+    assert!(!said.contains("HTTP/1.1"), "HTTP/2 frames (SETTINGS, GOAWAY), no HTTP/1.1 answer: {said:?}");
+    assert_eq!(read_until_closed(silent, limit).await.1, "");
+    assert_eq!(q.exactly_one(Duration::from_secs(5)).await.routing_key, "generic.before.stall");
     gw.wait_metric("hookgate_open_connections", 0.0).await;
     q.close().await;
     gw.stop().await;
