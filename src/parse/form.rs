@@ -1,46 +1,24 @@
 //! NVP bodies: `application/x-www-form-urlencoded` name=value pairs (InstaMed's NVP format).
 //!
-//! Strict where `form_urlencoded` is lenient: a broken `%` escape, a pair without `=`, an empty name or bytes
-//! that are not UTF-8 make the body malformed.
+//! Read as the WHATWG form parser reads them (`form_urlencoded`, what browsers do): InstaMed's own page prints
+//! NVP with values not percent-encoded (`responseMessage=Partially Approved $1.00`), so a `%` that starts no
+//! escape is taken as itself, a piece without `=` as a name with an empty value, and bytes that are not UTF-8 are
+//! replaced — a provider's event is not refused for a quirk of its encoding (the published body is its bytes,
+//! unchanged; only the fields the presets read come from here). A body with no `name=value` piece at all (empty,
+//! or JSON sent as a form) is malformed.
 
 use super::ParseError;
 
 const MALFORMED: ParseError = ParseError::Malformed("NVP", "not name=value pairs");
 
 pub fn parse(body: &[u8]) -> Result<Vec<(String, String)>, ParseError> {
-    let text = std::str::from_utf8(body).map_err(|_| MALFORMED)?;
-    let text = text.trim_end_matches(['\r', '\n']);
-    if text.is_empty() {
+    let end = body.iter().rposition(|b| !matches!(b, b'\r' | b'\n')).map_or(0, |i| i + 1);
+    let text = body.get(..end).unwrap_or_default();
+    let named_pair = |piece: &[u8]| piece.iter().position(|b| *b == b'=').is_some_and(|i| i > 0);
+    if !text.split(|b| *b == b'&').any(named_pair) {
         return Err(MALFORMED);
     }
-    for pair in text.split('&').filter(|p| !p.is_empty()) {
-        let (name, _) = pair.split_once('=').ok_or(MALFORMED)?;
-        if name.is_empty() || !escapes_valid(pair) {
-            return Err(MALFORMED);
-        }
-    }
-    let pairs: Vec<(String, String)> =
-        form_urlencoded::parse(text.as_bytes()).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
-    if pairs.iter().any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}')) {
-        return Err(MALFORMED);
-    }
-    Ok(pairs)
-}
-
-fn escapes_valid(s: &str) -> bool {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            match (b.get(i + 1), b.get(i + 2)) {
-                (Some(h), Some(l)) if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => i += 3,
-                _ => return false,
-            }
-        } else {
-            i += 1;
-        }
-    }
-    true
+    Ok(form_urlencoded::parse(text).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
 }
 
 #[cfg(test)]
@@ -56,9 +34,27 @@ mod tests {
     }
 
     #[test]
-    fn refuses_broken_pairs() {
-        for bad in [&b""[..], b"novalue", b"=x", b"a=%zz", b"a=%4", b"a=\xff", b"a=%FF"] {
+    fn refuses_what_is_not_pairs() {
+        for bad in [&b""[..], b"\r\n", b"novalue", b"{\"TransactionID\":\"1\"}", b"&&", b"=x"] {
             assert_eq!(parse(bad), Err(MALFORMED), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    /// As the WHATWG form parser (what a browser submits and reads): an escape that is not one is its own text, a
+    /// piece without `=` is a name with an empty value, bytes that are not UTF-8 are replaced.
+    #[test]
+    fn reads_raw_values_as_browsers_do() {
+        let pairs = parse(b"a=%zz&b=100%&c=%4&d=Smith & Sons&e=%FF\xff&f=%41").unwrap();
+        let want = [
+            ("a", "%zz"),
+            ("b", "100%"),
+            ("c", "%4"),
+            ("d", "Smith "),
+            (" Sons", ""),
+            ("e", "\u{FFFD}\u{FFFD}"),
+            ("f", "A"),
+        ];
+        let want: Vec<(String, String)> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(pairs, want);
     }
 }

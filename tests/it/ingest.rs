@@ -117,6 +117,17 @@ async fn instamed_json_xml_and_nvp() {
         let m = q.exactly_one(WAIT).await;
         assert_cloudevent(&m, "instamed", kind, &format!("{tx}:{kind}"), Some(tx), ct, &body);
     }
+    // NVP as InstaMed's own page prints it, values not percent-encoded (spaces, `$`), and a `%` and an `&` inside
+    // values: read as browsers read forms (a `%` that starts no escape is itself; a piece without `=` is a name),
+    // so the event's fields still come through — not `400`, which InstaMed would retry and then give up on.
+    let raw = "responseMessage=Partially Approved $1.00&authorizationText=I AGREE 100%&cardHolderName=Smith & Sons\
+               &TransactionStatus=Voided&TransactionID=1f2e3d4c5b6a79880000000000000000";
+    let ct = "application/x-www-form-urlencoded";
+    let r = gw.post("/webhooks/instamed", &[("content-type", ct), ("authorization", &auth)], raw.as_bytes()).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    let (tx, kind) = ("1f2e3d4c5b6a79880000000000000000", "payment.voided");
+    let m = q.exactly_one(WAIT).await;
+    assert_cloudevent(&m, "instamed", kind, &format!("{tx}:{kind}"), Some(tx), ct, raw.as_bytes());
     q.close().await;
     gw.stop().await;
 }
@@ -218,7 +229,7 @@ async fn bad_deliveries_get_their_status_and_publish_nothing() {
             "POST",
             "/webhooks/instamed",
             vec![("content-type", "application/x-www-form-urlencoded"), ("authorization", &auth)],
-            b"TransactionID=%zz".to_vec(),
+            br#"{"TransactionID":"1"}"#.to_vec(),
             400,
             "Malformed Body",
         ),
