@@ -205,40 +205,53 @@ fn run(config: Config, path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = runtime.block_on(async move {
-        // Installed first: from here on SIGHUP reloads instead of killing the process (its default action).
-        let hangups = hookgate::reload::Hangups::install();
-        let shutdown = CancellationToken::new();
-        let listeners = match hookgate::Listeners::bind(&config).await {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::error!(error = format!("{error:#}"), "cannot bind");
-                return ExitCode::FAILURE;
-            }
-        };
-        let app = match hookgate::App::start(&config, path, Arc::new(ProcessEnv), listeners, shutdown.clone()).await {
-            Ok(app) => app,
-            Err(error) => return start_failed(error, path),
-        };
-        hookgate::shutdown::on_signals(shutdown.clone());
-        hangups.serve(app.reloader(), shutdown.clone());
-        // Bound the whole drain: drain_timeout for requests plus a little for AMQP to close.
-        let hard_deadline = config.server.drain_timeout.0 + std::time::Duration::from_secs(5);
-        let stopped = async {
-            shutdown.cancelled().await;
-            tokio::time::sleep(hard_deadline).await;
-        };
-        tokio::select! {
-            r = app.wait() => match r {
-                Ok(()) => { tracing::info!("hookgate stopped"); ExitCode::SUCCESS }
-                Err(error) => { tracing::error!(%error, "hookgate failed"); ExitCode::FAILURE }
-            },
-            () = stopped => { tracing::error!("drain did not finish in time"); ExitCode::FAILURE }
-        }
-    });
+    let code = runtime.block_on(serve(config, path));
     // Blocking tasks still running (a file read, a state lookup) must not hold the exit up past the drain.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// Binds, starts and serves the gateway until it has drained.
+async fn serve(config: Config, path: &Path) -> ExitCode {
+    // Installed first: from here on SIGHUP reloads and SIGTERM/SIGINT drain instead of killing the process (their
+    // default actions), also while the gateway starts.
+    let hangups = hookgate::reload::Hangups::install();
+    let shutdown = CancellationToken::new();
+    hookgate::shutdown::on_signals(shutdown.clone());
+    let listeners = match hookgate::Listeners::bind(&config).await {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "cannot bind");
+            return ExitCode::FAILURE;
+        }
+    };
+    let start = hookgate::App::start(&config, path, Arc::new(ProcessEnv), listeners, shutdown.clone());
+    let app = tokio::select! {
+        biased;
+        // Nothing was acknowledged yet: what the start opened is crash-safe, as after `kill -9`.
+        () = shutdown.cancelled() => {
+            tracing::info!("hookgate stopped while starting");
+            return ExitCode::SUCCESS;
+        }
+        started = start => match started {
+            Ok(app) => app,
+            Err(error) => return start_failed(error, path),
+        },
+    };
+    hangups.serve(app.reloader(), shutdown.clone());
+    // Bound the whole drain: drain_timeout for requests plus a little for AMQP to close.
+    let hard_deadline = config.server.drain_timeout.0 + std::time::Duration::from_secs(5);
+    let stopped = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(hard_deadline).await;
+    };
+    tokio::select! {
+        r = app.wait() => match r {
+            Ok(()) => { tracing::info!("hookgate stopped"); ExitCode::SUCCESS }
+            Err(error) => { tracing::error!(%error, "hookgate failed"); ExitCode::FAILURE }
+        },
+        () = stopped => { tracing::error!("drain did not finish in time"); ExitCode::FAILURE }
+    }
 }
 
 /// Logs why the gateway could not start: a configuration mistake (named with the file) exits 64, anything else

@@ -141,6 +141,33 @@ async fn sigterm_under_load_answers_in_flight_requests_then_exits_0_with_readyz_
     delete_exchange(&exchange).await;
 }
 
+/// SIGTERM while the gateway is still starting — here waiting for a shared store (Redis) that accepts and never
+/// answers — stops it at once with exit 0, as a drain would (SPEC §5), not by the signal's default action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_starting_exits_0_at_once() {
+    let blackhole = tokio::net::TcpListener::bind(("127.0.0.1", crate::support::free_port())).await.expect("bind");
+    let port = blackhole.local_addr().expect("addr").port();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = blackhole.accept().await {
+            let _ = accepted_tx.send(socket).await;
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique("hookgate-test-start-term");
+    let storage = format!("shared = \"redis://127.0.0.1:{port}\"\n");
+    let path = proc_config(dir.path(), &exchange, &amqp_url(), GENERIC, &storage);
+    let mut p = Proc::launch(&path);
+    let held = tokio::time::timeout(Duration::from_secs(10), accepted.recv()).await;
+    assert!(held.is_ok_and(|s| s.is_some()), "the gateway reached the shared store:\n{}", p.output());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.exited(), None, "still starting (the store never answers):\n{}", p.output());
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(3)).await, Some(0), "{}", p.output());
+    assert!(p.output().contains("stopped while starting"), "{}", p.output());
+    delete_exchange(&exchange).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_task_that_stops_shuts_the_gateway_down_and_is_named() {
     let shutdown = CancellationToken::new();

@@ -63,21 +63,8 @@ impl Proc {
         Proc::spawn_cmd(config, cmd).await
     }
 
-    async fn spawn_cmd(config: &std::path::Path, mut cmd: std::process::Command) -> Proc {
-        let parsed = Config::load(config).expect("valid test config");
-        let log = config.with_extension(format!("{}.log", unique("run")));
-        let child = cmd
-            .args(["run", "--config", config.to_str().expect("utf-8 path")])
-            .stdout(std::fs::File::create(&log).expect("log"))
-            .stderr(std::fs::File::create(log.with_extension("err")).expect("log"))
-            .spawn()
-            .expect("spawn hookgate");
-        let p = Proc {
-            child,
-            client: Client { addr: parsed.server.listen },
-            admin: Client { addr: parsed.admin.listen },
-            log,
-        };
+    async fn spawn_cmd(config: &std::path::Path, cmd: std::process::Command) -> Proc {
+        let p = Proc::launch_cmd(config, cmd);
         for _ in 0..300 {
             let ready = p.admin.try_get("/readyz").await.is_some_and(|(s, _)| s == 200);
             if ready && p.metric("hookgate_broker_connected").await == 1.0 {
@@ -86,6 +73,23 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("hookgate process not ready in 15 s:\n{}", p.output());
+    }
+
+    /// Starts `hookgate run --config FILE` and returns at once, ready or not.
+    pub fn launch(config: &std::path::Path) -> Proc {
+        Proc::launch_cmd(config, std::process::Command::new(env!("CARGO_BIN_EXE_hookgate")))
+    }
+
+    fn launch_cmd(config: &std::path::Path, mut cmd: std::process::Command) -> Proc {
+        let parsed = Config::load(config).expect("valid test config");
+        let log = config.with_extension(format!("{}.log", unique("run")));
+        let child = cmd
+            .args(["run", "--config", config.to_str().expect("utf-8 path")])
+            .stdout(std::fs::File::create(&log).expect("log"))
+            .stderr(std::fs::File::create(log.with_extension("err")).expect("log"))
+            .spawn()
+            .expect("spawn hookgate");
+        Proc { child, client: Client { addr: parsed.server.listen }, admin: Client { addr: parsed.admin.listen }, log }
     }
 
     pub async fn metric(&self, series: &str) -> f64 {
