@@ -63,6 +63,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The spool's gauges: every event waiting in it (SPEC §7), parked ones included (SPEC §4: "parked in the
+    /// spool"), and the parked share.
+    pub fn set_spool_events(&self, spooled: usize, parked: usize) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.spool_events.set(count(spooled.saturating_add(parked)));
+        self.spool_parked.set(count(parked));
+    }
+
     /// Registers every family in a fresh registry.
     ///
     /// # Panics
@@ -174,7 +182,7 @@ impl Metrics {
             unroutable,
             tls_cert_expiry,
             build_info,
-            spool_events: gauge("hookgate_spool_events", "Events waiting in the spool."),
+            spool_events: gauge("hookgate_spool_events", "Events waiting in the spool, parked ones included."),
             spool_bytes: gauge("hookgate_spool_bytes", "Bytes of undrained spool records (against spool_max_bytes)."),
             spool_parked: gauge(
                 "hookgate_spool_parked_events",

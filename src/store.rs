@@ -70,7 +70,7 @@ impl Store {
     /// Parks an event the broker returned (so it was encoded: it can be published later).
     async fn park(&self, event: &Event) -> Result<(), StoreError> {
         self.parked.append(event).await?;
-        self.metrics.spool_parked.set(i64::try_from(self.parked.len()).unwrap_or(i64::MAX));
+        self.metrics.set_spool_events(self.spool.len(), self.parked.len());
         self.metrics.unroutable.with_label_values(&[&event.source]).inc();
         tracing::warn!(source = %event.source, "event unroutable (no binding, no alternate exchange): parked");
         Ok(())
@@ -81,7 +81,7 @@ impl Store {
     async fn spool_it(&self, event: &Event, why: &'static str) -> Result<(), StoreError> {
         amqp_message(event)?;
         let seq = self.spool.append(event).await?;
-        self.metrics.spool_events.set(i64::try_from(self.spool.len()).unwrap_or(i64::MAX));
+        self.metrics.set_spool_events(self.spool.len(), self.parked.len());
         self.metrics.spool_bytes.set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
         self.metrics.spooled.with_label_values(&[why]).inc();
         tracing::debug!(seq, why, "event spooled");

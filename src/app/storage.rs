@@ -44,8 +44,7 @@ impl Storage {
         };
         let spool = open_spool(&Spool::dir_of(&s.data_dir), cipher.clone(), s.spool_max_bytes, metrics)?;
         let parked = open_spool(&Spool::parked_dir_of(&s.data_dir), cipher, s.spool_max_bytes, metrics)?;
-        metrics.spool_events.set(i64::try_from(spool.len()).unwrap_or(i64::MAX));
-        metrics.spool_parked.set(i64::try_from(parked.len()).unwrap_or(i64::MAX));
+        metrics.set_spool_events(spool.len(), parked.len());
         metrics.spool_max_bytes.set(i64::try_from(s.spool_max_bytes).unwrap_or(i64::MAX));
         tracing::info!(records = spool.len(), encrypted = spool.encrypted(), shared = shared.is_some(), "storage open");
         let (dedup, order) = (Dedup::new(state.clone(), shared.clone()), Order::new(state.clone(), shared));

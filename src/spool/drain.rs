@@ -136,9 +136,8 @@ impl Drainer {
     }
 
     fn gauges(&self) {
-        self.metrics.spool_events.set(i64::try_from(self.spool.len()).unwrap_or(i64::MAX));
+        self.metrics.set_spool_events(self.spool.len(), self.parked.len());
         self.metrics.spool_bytes.set(i64::try_from(self.spool.bytes()).unwrap_or(i64::MAX));
-        self.metrics.spool_parked.set(i64::try_from(self.parked.len()).unwrap_or(i64::MAX));
     }
 
     /// Publishes parked events until one is still unroutable (or the broker fails).

@@ -210,7 +210,7 @@ async fn an_unroutable_spooled_event_is_parked_without_blocking_the_rest() {
     proxy.restore().await;
     assert_eq!(routed.exactly_one(Duration::from_secs(10)).await.body, br#"{"event":"routed"}"#);
     gw.wait_metric("hookgate_spool_parked_events", 1.0).await;
-    gw.wait_metric("hookgate_spool_events", 0.0).await;
+    gw.wait_metric("hookgate_spool_events", 1.0).await;
     assert_eq!(gw.metric("hookgate_unroutable_total{source=\"generic\"}").await, 1.0);
     // Once a route exists, the parked event is published (retried at start and then at growing intervals).
     let mut late = gw.queue("generic.unrouted").await;
@@ -219,6 +219,7 @@ async fn an_unroutable_spooled_event_is_parked_without_blocking_the_rest() {
     let gw = Gateway::start_opts(SOURCES, &amqp_url(), HashMap::new(), opts).await;
     assert_eq!(late.exactly_one(Duration::from_secs(10)).await.body, br#"{"event":"unrouted"}"#);
     gw.wait_metric("hookgate_spool_parked_events", 0.0).await;
+    gw.wait_metric("hookgate_spool_events", 0.0).await;
     routed.close().await;
     late.close().await;
     gw.stop().await;
