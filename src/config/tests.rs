@@ -341,7 +341,7 @@ fn auth_mistakes_are_found_by_validate() {
         ("hmac = { scheme = \"custom\", secrets_env = [\"X\"], signed = \"{body}\" }", "`sources.a.auth.hmac.header`"),
         ("hmac = { scheme = \"tyro\", header = \"X\" }", "`sources.a.auth.hmac.header`: only for scheme"),
         ("bearer = { issuer = \"i\", audience = \"a\" }", "`sources.a.auth.bearer`: give exactly one"),
-        ("bearer = { jwks_url = \"https://idp/jwks\", audience = \"a\" }", "`sources.a.auth.bearer.issuer`"),
+        ("bearer = { jwks_url = \"https://idp/jwks\", issuer = \"i\" }", "`sources.a.auth.bearer.audience`"),
         ("bearer = { hs256_secret_env = \"X\", algorithms = [\"none\"] }", "`sources.a.auth.bearer.algorithms`"),
         ("ip_allow = []", "`sources.a.auth.ip_allow`"),
         ("basic = []", "`sources.a.auth.basic`"),
