@@ -75,7 +75,10 @@ impl Bearer {
     pub fn build(key: &str, cfg: &config::Bearer, env: &dyn Env) -> Result<Self, ConfigError> {
         let Rules { algorithms, issuer, audience, leeway } = Rules::from_config(key, cfg)?;
         if issuer.is_none() && !has_secret(cfg) {
-            tracing::warn!(key, "bearer without `issuer`: a token of any issuer the key set signs is taken for its audience");
+            tracing::warn!(
+                key,
+                "bearer without `issuer`: a token of any issuer the key set signs is taken for its audience"
+            );
         }
         Ok(Bearer { keys: load_keys(key, cfg, env)?, algorithms, issuer, audience, leeway })
     }

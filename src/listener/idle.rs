@@ -50,9 +50,10 @@ impl Activity {
         Arc::new(Activity { state: Mutex::new(state), changed: Notify::new(), late: AtomicBool::new(false) })
     }
 
-    /// Whether the connection's request head was due and did not come.
+    /// Whether the connection's request head was due and did not come (and no request is in flight: an answer
+    /// of hyper's is never replaced by a `408`).
     pub fn is_late(&self) -> bool {
-        self.late.load(Ordering::Acquire)
+        self.late.load(Ordering::Acquire) && self.lock().in_flight == 0
     }
 
     /// Marks a request in flight until the guard is dropped.
@@ -100,11 +101,23 @@ impl Drop for Busy {
     }
 }
 
+/// A connection [`drive`] runs and asks to close: hyper's HTTP/1.1 and HTTP/2 connections.
+pub trait Closable: std::future::Future {
+    /// Stop taking requests; the ones in flight are answered, then the connection ends.
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<C: GracefulConnection> Closable for C {
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 /// Runs `conn` until it ends, it has been idle past `limits`, or `drain` is cancelled (then it is shut down
 /// gracefully: requests in flight are answered, then it closes).
 pub async fn drive<C>(conn: C, activity: &Activity, limits: IdleLimits, drain: &CancellationToken)
 where
-    C: GracefulConnection,
+    C: Closable,
 {
     let mut conn = std::pin::pin!(conn);
     let mut closing_since = None;
@@ -118,6 +131,10 @@ where
             () = drain.cancelled(), if closing_since.is_none() => close(conn.as_mut(), &mut closing_since),
             () = changed => {}
             () = sleep_until(due) => {
+                // `conn` may have been polled first in this very round and begun a request: then nothing is due.
+                if activity.due(limits, closing_since).is_none_or(|at| at > Instant::now()) {
+                    continue;
+                }
                 if closing_since.is_some() {
                     return;
                 }
@@ -129,8 +146,8 @@ where
     }
 }
 
-fn close<C: GracefulConnection>(conn: Pin<&mut C>, closing_since: &mut Option<Instant>) {
-    conn.graceful_shutdown();
+fn close<C: Closable>(conn: Pin<&mut C>, closing_since: &mut Option<Instant>) {
+    conn.close_gracefully();
     *closing_since = Some(Instant::now());
 }
 
@@ -138,5 +155,64 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A connection whose request head completes at `at` (the moment its header deadline is due), and whose
+    /// request then stays in flight.
+    struct HeadAt {
+        at: Pin<Box<tokio::time::Sleep>>,
+        activity: Arc<Activity>,
+        busy: Option<Busy>,
+        /// Set when the request began before the connection was marked late.
+        began_in_time: Arc<AtomicBool>,
+    }
+
+    impl Future for HeadAt {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.busy.is_none() && self.at.as_mut().poll(cx).is_ready() {
+                self.began_in_time.store(!self.activity.late.load(Ordering::Acquire), Ordering::Release);
+                self.busy = Some(self.activity.begin());
+            }
+            Poll::Pending
+        }
+    }
+
+    impl Closable for HeadAt {
+        fn close_gracefully(self: Pin<&mut Self>) {}
+    }
+
+    /// The connection and the deadline are both ready in one round; whichever `select!` polls first, a request
+    /// that began is never marked late (its stream would answer `408` in its place).
+    #[tokio::test(start_paused = true)]
+    async fn a_request_begun_in_the_round_its_deadline_fires_is_not_marked_late() {
+        let limits = IdleLimits { first: Duration::from_secs(1), between: Duration::from_secs(1) };
+        let (mut in_time, mut late) = (0, 0);
+        for _ in 0..64 {
+            let activity = Activity::new();
+            let at = Box::pin(tokio::time::sleep(limits.first));
+            let began_in_time = Arc::new(AtomicBool::new(false));
+            let conn = HeadAt { at, activity: activity.clone(), busy: None, began_in_time: began_in_time.clone() };
+            let drain = CancellationToken::new();
+            let run = drive(conn, &activity, limits, &drain);
+            assert!(tokio::time::timeout(Duration::from_secs(5), run).await.is_err(), "the request stays in flight");
+            let (began, marked) = (began_in_time.load(Ordering::Acquire), activity.late.load(Ordering::Acquire));
+            assert!(!(began && marked), "a request that began was marked late");
+            if began {
+                in_time += 1;
+            } else {
+                late += 1;
+            }
+        }
+        assert!(in_time > 0, "the connection was polled first in some rounds ({in_time} in time, {late} late)");
     }
 }

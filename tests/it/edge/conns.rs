@@ -108,6 +108,27 @@ async fn silent_and_one_byte_connections_are_closed_and_deliveries_get_through()
     gw.stop().await;
 }
 
+/// A client still sending after its head was due (a slow trickle that reads only at the end) gets the whole `408`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_head_that_keeps_trickling_still_reads_its_408() {
+    let gw = Gateway::start_full("header_read_timeout = \"1s\"\n", GENERIC, &amqp_url(), HashMap::new()).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /webhooks/generic HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Past the deadline: the answer is on its way or here; the client, not reading yet, sends more.
+    for _ in 0..5 {
+        if s.write_all(b"x-trickle: 1\r\n").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await.expect("closed");
+    let said = String::from_utf8_lossy(&out);
+    assert!(said.starts_with("HTTP/1.1 408 Request Timeout\r\n"), "{read:?}: {said:?}");
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_http2_and_keep_alive_http1_connections_are_closed_after_idle_timeout() {
     let pki = Pki::new();
