@@ -125,15 +125,19 @@ impl Poller {
         })
     }
 
-    /// Whether a request path is this poller's: `Some(None)` for `<path>` (or `<path>/`), `Some(Some(token))` for
-    /// `<path>/<token>` — all the rest of the path, percent-decoded: a base64 token may hold `/` and `+`, as they
-    /// are or encoded.
+    /// Whether a request path is this poller's: `Some(None)` for `<path>`, `Some(Some(token))` for
+    /// `<path>/<token>` (one segment, percent-decoded: a token's `/` comes encoded, `%2F`, so nothing below
+    /// `<path>/<token>` is taken from a source; a `+` is itself).
     pub fn route(&self, path: &str) -> Option<Option<String>> {
         let rest = path.strip_prefix(self.path.as_str())?;
-        if rest.is_empty() || rest == "/" {
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.is_empty() {
             return Some(None);
         }
         let token = rest.strip_prefix('/')?;
+        if token.contains('/') {
+            return None;
+        }
         let decoded = form_urlencoded::parse(format!("t={}", token.replace('+', "%2B")).as_bytes())
             .next()
             .map(|(_, v)| v.into_owned())
