@@ -2,10 +2,11 @@
 //!
 //! Read as the WHATWG form parser reads them (`form_urlencoded`, what browsers do): InstaMed's own page prints
 //! NVP with values not percent-encoded (`responseMessage=Partially Approved $1.00`), so a `%` that starts no
-//! escape is taken as itself, a piece without `=` as a name with an empty value, and bytes that are not UTF-8 are
-//! replaced — a provider's event is not refused for a quirk of its encoding (the published body is its bytes,
-//! unchanged; only the fields the presets read come from here). A body with no `name=value` piece at all (empty,
-//! or JSON sent as a form) is malformed.
+//! escape is taken as itself and a piece without `=` as a name with an empty value — a provider's event is not
+//! refused for a quirk of its encoding (the published body is its bytes, unchanged; only the fields the presets
+//! read come from here). Malformed: a body with no `name=value` piece at all (empty, or most JSON sent as a form),
+//! and one whose names or values, decoded, are not UTF-8 — replacing such bytes would give two different ids the
+//! same text, and the second event would be taken for a retry of the first.
 
 use super::ParseError;
 
@@ -18,7 +19,12 @@ pub fn parse(body: &[u8]) -> Result<Vec<(String, String)>, ParseError> {
     if !text.split(|b| *b == b'&').any(named_pair) {
         return Err(MALFORMED);
     }
-    Ok(form_urlencoded::parse(text).map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(text).map(|(k, v)| (k.into_owned(), v.into_owned())).collect();
+    if pairs.iter().any(|(k, v)| k.contains('\u{FFFD}') || v.contains('\u{FFFD}')) {
+        return Err(MALFORMED);
+    }
+    Ok(pairs)
 }
 
 #[cfg(test)]
@@ -35,25 +41,20 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_pairs() {
-        for bad in [&b""[..], b"\r\n", b"novalue", b"{\"TransactionID\":\"1\"}", b"&&", b"=x"] {
+        let not_utf8 = [&b"TransactionID=\xfe"[..], b"TransactionID=%FE", b"a\xff=1"];
+        let not_pairs = [&b""[..], b"\r\n", b"novalue", b"{\"TransactionID\":\"1\"}", b"&&", b"=x"];
+        for bad in not_pairs.into_iter().chain(not_utf8) {
             assert_eq!(parse(bad), Err(MALFORMED), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 
     /// As the WHATWG form parser (what a browser submits and reads): an escape that is not one is its own text, a
-    /// piece without `=` is a name with an empty value, bytes that are not UTF-8 are replaced.
+    /// piece without `=` is a name with an empty value.
     #[test]
     fn reads_raw_values_as_browsers_do() {
-        let pairs = parse(b"a=%zz&b=100%&c=%4&d=Smith & Sons&e=%FF\xff&f=%41").unwrap();
-        let want = [
-            ("a", "%zz"),
-            ("b", "100%"),
-            ("c", "%4"),
-            ("d", "Smith "),
-            (" Sons", ""),
-            ("e", "\u{FFFD}\u{FFFD}"),
-            ("f", "A"),
-        ];
+        let pairs = parse(b"a=%zz&b=100%&c=%4&d=Smith & Sons&e=caf%C3%A9&f=%41").unwrap();
+        let want =
+            [("a", "%zz"), ("b", "100%"), ("c", "%4"), ("d", "Smith "), (" Sons", ""), ("e", "caf\u{e9}"), ("f", "A")];
         let want: Vec<(String, String)> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(pairs, want);
     }
