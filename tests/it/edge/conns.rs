@@ -15,26 +15,18 @@ use crate::support::{amqp_url, Gateway, Pki, GENERIC, JSON};
 
 const HEADER_READ: Duration = Duration::from_secs(2);
 
-/// Waits until the server closes `s` (EOF or reset); panics if it is still open after `limit`.
-async fn closed_within(mut s: TcpStream, limit: Duration) -> Duration {
+/// Waits until the server closes `s` (EOF or reset): when, and what it sent until then; panics if it is still
+/// open after `limit`.
+async fn closed_within(mut s: TcpStream, limit: Duration) -> (Duration, String) {
     let started = Instant::now();
-    let mut buf = [0u8; 1024];
+    let (mut buf, mut said) = ([0u8; 1024], Vec::new());
     loop {
         match tokio::time::timeout_at(started + limit, s.read(&mut buf)).await {
             Err(_) => panic!("connection still open after {limit:?}"),
-            Ok(Ok(0) | Err(_)) => return started.elapsed(),
-            Ok(Ok(_)) => {}
+            Ok(Ok(0) | Err(_)) => return (started.elapsed(), String::from_utf8_lossy(&said).into_owned()),
+            Ok(Ok(n)) => said.extend_from_slice(&buf[..n]),
         }
     }
-}
-
-/// Everything the server sends on `s` until it closes it, and when that was; panics if still open after `limit`.
-async fn read_until_closed(mut s: TcpStream, limit: Duration) -> (Duration, String) {
-    let started = Instant::now();
-    let mut out = Vec::new();
-    let read = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
-    assert!(read.is_ok(), "connection still open after {limit:?}");
-    (started.elapsed(), String::from_utf8_lossy(&out).into_owned())
 }
 
 /// `n` connections that each send `first` (maybe nothing) and then stay silent, all closed by the gateway
@@ -95,13 +87,13 @@ async fn silent_and_one_byte_connections_are_closed_and_deliveries_get_through()
     preface.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
     let silent = TcpStream::connect(gw.addr).await.unwrap();
     let timeout_answer = "HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
-    let (took, said) = read_until_closed(partial, limit).await;
+    let (took, said) = closed_within(partial, limit).await;
     assert_eq!(said, timeout_answer);
     assert!(took >= HEADER_READ - Duration::from_millis(100), "answered after {took:?}");
-    assert_eq!(read_until_closed(second, limit).await.1, timeout_answer);
-    let said = read_until_closed(preface, limit).await.1;
+    assert_eq!(closed_within(second, limit).await.1, timeout_answer);
+    let said = closed_within(preface, limit).await.1;
     assert!(!said.contains("HTTP/1.1"), "HTTP/2 frames (SETTINGS, GOAWAY), no HTTP/1.1 answer: {said:?}");
-    assert_eq!(read_until_closed(silent, limit).await.1, "");
+    assert_eq!(closed_within(silent, limit).await.1, "");
     assert_eq!(q.exactly_one(Duration::from_secs(5)).await.routing_key, "generic.before.stall");
     gw.wait_metric("hookgate_open_connections", 0.0).await;
     q.close().await;
@@ -215,7 +207,7 @@ async fn the_admin_listener_closes_silent_and_idle_sockets() {
     let mut kept = TcpStream::connect(gw.admin).await.unwrap();
     kept.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let limit = HEADER_READ + Duration::from_secs(1);
-    let (a, b) = tokio::join!(closed_within(silent, limit), closed_within(kept, limit));
+    let ((a, _), (b, _)) = tokio::join!(closed_within(silent, limit), closed_within(kept, limit));
     assert!(a >= Duration::from_millis(1500) && b >= Duration::from_millis(1500), "{a:?} {b:?}");
     assert_eq!(gw.admin_get("/healthz").await.0, 200);
     gw.stop().await;
