@@ -136,7 +136,8 @@ fn status_of(raw: &str) -> Answer {
 mod tests {
     use super::*;
 
-    /// The answer shape of an ASMX SOAP 1.1 service, as InstaMed's page samples it.
+    /// The answer shape of an ASMX SOAP 1.1 service (InstaMed's page names the method and its states, with no
+    /// sample envelope: this is the shape every ASMX service answers in).
     pub fn answer(status: &str) -> String {
         format!(
             "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<soap:Envelope xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\" \

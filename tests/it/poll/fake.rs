@@ -1,5 +1,6 @@
-//! A fake of InstaMed's two polling endpoints over real HTTP, answering like the published samples
-//! (`shared/providers/002_*.txt`): `GetSSOTokenStatus` as an ASMX SOAP 1.1 service and `ViewReceipt` as NVP.
+//! A fake of InstaMed's two polling endpoints over real HTTP (`shared/providers/002_*.txt`): `GetSSOTokenStatus`
+//! as an ASMX SOAP 1.1 service (the page gives its method and states, no sample envelope) and `ViewReceipt` as NVP,
+//! answering the page's sample receipt.
 //! Each token follows a script of answers (the last one repeats); every call is recorded.
 
 use std::collections::HashMap;
