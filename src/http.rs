@@ -8,8 +8,11 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
+
+mod budget;
+
+pub use budget::{BodyBudget, BodyPermit};
 
 use crate::auth::Peer;
 use crate::error::PipelineError;
@@ -50,51 +53,9 @@ pub fn check_header_bytes(headers: &HeaderMap, max: usize) -> Result<(), Pipelin
     Ok(())
 }
 
-// === impl BodyBudget ===
-
-/// `server.max_inflight_body_bytes`: request-body bytes held at once by every request together, taken as a
-/// `Content-Length` is announced or as chunks arrive, and given back when the request is answered.
-#[derive(Clone, Debug)]
-pub struct BodyBudget {
-    bytes: Arc<Semaphore>,
-}
-
-/// The body bytes one request holds; returned to the budget on drop.
-#[derive(Debug, Default)]
-pub struct BodyPermit {
-    permit: Option<OwnedSemaphorePermit>,
-    bytes: u64,
-}
-
-impl BodyBudget {
-    pub fn new(bytes: u64) -> BodyBudget {
-        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
-        BodyBudget { bytes: Arc::new(Semaphore::new(bytes)) }
-    }
-
-    /// Bytes not held by any request now.
-    pub fn available(&self) -> usize {
-        self.bytes.available_permits()
-    }
-
-    /// Grows `held` to `total` bytes, at once or not at all.
-    fn hold(&self, held: &mut BodyPermit, total: u64) -> Result<(), PipelineError> {
-        let Some(more) = total.checked_sub(held.bytes).filter(|n| *n > 0) else {
-            return Ok(());
-        };
-        let more = u32::try_from(more).map_err(|_| PipelineError::Overloaded)?;
-        let permit = self.bytes.clone().try_acquire_many_owned(more).map_err(|_| PipelineError::Overloaded)?;
-        match &mut held.permit {
-            Some(p) => p.merge(permit),
-            None => held.permit = Some(permit),
-        }
-        held.bytes = total;
-        Ok(())
-    }
-}
-
 /// Reads a whole body: at most `max` bytes (checked on `Content-Length` first, then while streaming), finished
-/// by `until`, each byte held in `budget` (a declared `Content-Length` at once) until the permit is dropped.
+/// by `until`, each byte held in `held` (a permit of the budget for the request's client; a declared
+/// `Content-Length` at once), which it returns with the body and which gives the bytes back when dropped.
 ///
 /// # Errors
 /// [`PipelineError::TooLarge`], [`PipelineError::Overloaded`], [`PipelineError::BodyTimeout`] or
@@ -104,7 +65,7 @@ pub async fn read_body<B>(
     content_length: Option<u64>,
     max: u64,
     until: Instant,
-    budget: &BodyBudget,
+    mut held: BodyPermit,
 ) -> Result<(Bytes, BodyPermit), PipelineError>
 where
     B: hyper::body::Body<Data = Bytes>,
@@ -113,8 +74,7 @@ where
     if content_length.is_some_and(|n| n > max) {
         return Err(PipelineError::TooLarge);
     }
-    let mut held = BodyPermit::default();
-    budget.hold(&mut held, content_length.unwrap_or(0))?;
+    held.grow(content_length.unwrap_or(0))?;
     let capacity = usize::try_from(content_length.unwrap_or(0)).unwrap_or(0);
     let mut buf = BytesMut::with_capacity(capacity);
     let read = async {
@@ -125,7 +85,7 @@ where
             if total > max {
                 return Err(PipelineError::TooLarge);
             }
-            budget.hold(&mut held, total)?;
+            held.grow(total)?;
             buf.extend_from_slice(&data);
         }
         Ok(())
@@ -150,23 +110,28 @@ mod tests {
         Instant::now() + std::time::Duration::from_secs(5)
     }
 
+    /// A permit of `budget` for a client of its own (the per-client share is `budget::tests`' subject).
+    fn own(budget: &BodyBudget, n: u8) -> BodyPermit {
+        budget.permit(std::net::IpAddr::from([192, 0, 2, n]))
+    }
+
     #[tokio::test]
     async fn bodies_hold_the_budget_until_answered_and_past_it_are_refused() {
         let budget = BodyBudget::new(10);
-        let (a, held) = read_body(body(&[b"abc", b"def"]), None, 100, later(), &budget).await.unwrap();
+        let (a, held) = read_body(body(&[b"abc", b"def"]), None, 100, later(), own(&budget, 1)).await.unwrap();
         assert_eq!((&a[..], budget.available()), (&b"abcdef"[..], 4));
         // Declared: refused before a byte is read.
-        let e = read_body(body(&[b"12345"]), Some(5), 100, later(), &budget).await.unwrap_err();
+        let e = read_body(body(&[b"12345"]), Some(5), 100, later(), own(&budget, 2)).await.unwrap_err();
         assert!(matches!(e, PipelineError::Overloaded), "{e:?}");
         // Streamed: refused when the chunk that passes it arrives; what it held is given back.
-        let e = read_body(body(&[b"123", b"45"]), None, 100, later(), &budget).await.unwrap_err();
+        let e = read_body(body(&[b"123", b"45"]), None, 100, later(), own(&budget, 3)).await.unwrap_err();
         assert!(matches!(e, PipelineError::Overloaded), "{e:?}");
         assert_eq!(budget.available(), 4);
         drop(held);
         assert_eq!(budget.available(), 10);
-        let (b, _held) = read_body(body(&[b"12345"]), Some(5), 100, later(), &budget).await.unwrap();
+        let (b, _held) = read_body(body(&[b"12345"]), Some(5), 100, later(), own(&budget, 4)).await.unwrap();
         assert_eq!((&b[..], budget.available()), (&b"12345"[..], 5));
-        let e = read_body(body(&[b"123", b"45"]), None, 4, later(), &budget).await.unwrap_err();
+        let e = read_body(body(&[b"123", b"45"]), None, 4, later(), own(&budget, 5)).await.unwrap_err();
         assert!(matches!(e, PipelineError::TooLarge), "{e:?}");
     }
 

@@ -182,7 +182,8 @@ impl Gateway {
         // The body's bytes stay held in the in-flight budget until its event is stored or refused — after the
         // answer, when the store outlives the deadline.
         let (bytes, held) =
-            read_body(body, content_length, source.max_body_bytes, body_until, &self.reading.bodies).await?;
+            read_body(body, content_length, source.max_body_bytes, body_until, self.reading.bodies.permit(client_ip))
+                .await?;
         unverified.body = bytes;
         let request = source.verifier.verify(unverified).await.map_err(|e| self.auth_failed(source, e))?;
         // Parsed, normalized and dropped before anything waits: a parsed tree can cost tens of times its body (a

@@ -61,7 +61,9 @@ async fn post(gw: &Gateway, n: usize) -> (u16, String, Duration) {
         .body(Full::new(Bytes::from(body)))
         .expect("request");
     let started = Instant::now();
-    let answer: Response<Full<Bytes>> = gw.handle(req, Peer::plain(([127, 0, 0, 1], 4000).into())).await;
+    // Each delivery from a client of its own: the global budget is this test's subject, not a client's share.
+    let client = u8::try_from(n).expect("a few deliveries");
+    let answer: Response<Full<Bytes>> = gw.handle(req, Peer::plain(([127, 0, 0, client], 4000).into())).await;
     let status = answer.status().as_u16();
     let text = answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     (status, String::from_utf8_lossy(&text).trim_end().to_string(), started.elapsed())

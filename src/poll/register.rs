@@ -97,8 +97,8 @@ where
     let mut unverified = Unverified { parts, body: Bytes::new(), peer, client_ip, now: SystemTime::now() };
     poller.verifier.verify_head(&unverified).await.map_err(PipelineError::Auth)?;
     // The registration body is small; it leaves the in-flight budget once verified.
-    let (bytes, _held) =
-        crate::http::read_body(body, content_length, MAX_BODY_BYTES, body_until, &reading.bodies).await?;
+    let held = reading.bodies.permit(client_ip);
+    let (bytes, _held) = crate::http::read_body(body, content_length, MAX_BODY_BYTES, body_until, held).await?;
     unverified.body = bytes;
     let request = poller.verifier.verify(unverified).await.map_err(PipelineError::Auth)?;
     Ok(request.body().clone())

@@ -93,12 +93,14 @@ fn vm(pid: u32, field: &str) -> u64 {
     line.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()).expect("kB") * 1024
 }
 
-/// An unauthenticated 1 MiB body: the head, then (unless refused at once) all but its last byte, then silence.
-/// Returns the answer's status line and `Retry-After`, if it was refused before the body.
-async fn slow_body(addr: std::net::SocketAddr) -> Option<(String, String)> {
+/// An unauthenticated 1 MiB body from client address `from` (through the trusted proxy, `X-Forwarded-For`): the
+/// head, then (unless refused at once) all but its last byte, then silence. Returns the answer's status line and
+/// `Retry-After`, if it was refused before the body.
+async fn slow_body(addr: std::net::SocketAddr, from: String) -> Option<(String, String)> {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let head = format!(
-        "POST /webhooks/sig HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {BODY}\r\n\r\n"
+        "POST /webhooks/sig HTTP/1.1\r\nhost: x\r\nx-forwarded-for: {from}\r\ncontent-type: application/json\r\n\
+         content-length: {BODY}\r\n\r\n"
     );
     s.write_all(head.as_bytes()).await.expect("write");
     let mut buf = vec![0u8; 4096];
@@ -117,9 +119,7 @@ async fn slow_body(addr: std::net::SocketAddr) -> Option<(String, String)> {
 async fn slow_unauthenticated_bodies_are_held_to_the_inflight_budget() {
     let dir = tempfile::tempdir().unwrap();
     let exchange = unique("hookgate-inflight");
-    let server = format!("max_inflight_body_bytes = {BUDGET}\nbody_read_timeout = \"5s\"\n");
-    let sources = "[sources.sig]\npreset = \"generic\"\nmax_body_bytes = 2097152\n[sources.sig.auth]\nhmac = { scheme = \"x-signature\", secrets = [\"s3cret\"] }\n";
-    let config = proc_config_server(dir.path(), &exchange, &amqp_url(), &server, sources, "");
+    let config = proc_config_server(dir.path(), &exchange, &amqp_url(), &budget_server(), SIG, "");
     let gw = crate::support::Proc::spawn(&config).await;
     let mut q = Queue::bind(&exchange, "#").await;
     let body = br#"{"event":"legit"}"#;
@@ -132,11 +132,13 @@ async fn slow_unauthenticated_bodies_are_held_to_the_inflight_budget() {
     q.exactly_one(Duration::from_secs(5)).await;
     let baseline = vm(gw.pid(), "VmRSS:");
 
-    let attackers: Vec<_> = (0..64).map(|_| tokio::spawn(slow_body(gw.client.addr))).collect();
+    // Each from an address of its own: the per-client share (a quarter of the budget) is not what refuses them.
+    let attackers: Vec<_> = (1..=64).map(|k| tokio::spawn(slow_body(gw.client.addr, format!("192.0.2.{k}")))).collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // The budget is held by the slow bodies; a signed delivery still fits.
     let body = br#"{"event":"legit","n":2}"#;
-    let headers = signed(body);
+    let mut headers = signed(body);
+    headers.push(("x-forwarded-for".into(), "198.51.100.1".into()));
     let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let r = gw.client.post("/webhooks/sig", &refs, body).await;
     assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
@@ -158,6 +160,49 @@ async fn slow_unauthenticated_bodies_are_held_to_the_inflight_budget() {
     drop(gw);
     delete_exchange(&exchange).await;
 }
+
+/// One client's bodies together hold at most a quarter of `max_inflight_body_bytes` (one body alone may be as
+/// large as its source allows): eight slow 1 MiB bodies from one address no longer hold the whole budget (8.5 MiB),
+/// so another client's 1 MiB delivery is stored, not turned away `503 Server Busy`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_holds_at_most_a_quarter_of_the_inflight_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let exchange = unique("hookgate-share");
+    let config = proc_config_server(dir.path(), &exchange, &amqp_url(), &budget_server(), SIG, "");
+    let gw = crate::support::Proc::spawn(&config).await;
+    let mut q = Queue::bind(&exchange, "#").await;
+    let attacker: Vec<_> = (0..8).map(|_| tokio::spawn(slow_body(gw.client.addr, "192.0.2.9".into()))).collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut body = br#"{"event":"big","pad":""#.to_vec();
+    body.resize(BODY - 2, b'x');
+    body.extend_from_slice(b"\"}");
+    let mut headers = signed(&body);
+    headers.push(("x-forwarded-for".into(), "198.51.100.7".into()));
+    let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = gw.client.post("/webhooks/sig", &refs, &body).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"), "another client's 1 MiB body fits");
+    let mut refused = 0;
+    for a in attacker {
+        if let Some((status, retry)) = a.await.unwrap() {
+            assert_eq!((status.as_str(), retry.as_str()), ("HTTP/1.1 503 Server Busy", "1"));
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 6, "two 1 MiB bodies fit in one client's quarter (2.125 MiB)");
+    assert_eq!(gw.metric("hookgate_posting_errors_total{reason=\"overloaded\",source=\"sig\"}").await, 6.0);
+    assert_eq!(q.exactly_one(Duration::from_secs(5)).await.body, body);
+    q.close().await;
+    drop(gw);
+    delete_exchange(&exchange).await;
+}
+
+/// `[server]` of the budget tests: the 8.5 MiB budget, a 5 s body timeout, loopback the trusted proxy.
+fn budget_server() -> String {
+    format!("max_inflight_body_bytes = {BUDGET}\nbody_read_timeout = \"5s\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n")
+}
+
+/// A source whose HMAC needs the whole body, so bodies are read before any credential is checked.
+const SIG: &str = "[sources.sig]\npreset = \"generic\"\nmax_body_bytes = 2097152\n[sources.sig.auth]\nhmac = { scheme = \"x-signature\", secrets = [\"s3cret\"] }\n";
 
 /// A 1 MiB JSON body of ~130,000 tiny objects: a few bytes each on the wire, far more once parsed.
 fn many_objects(k: usize) -> Vec<u8> {
