@@ -253,7 +253,7 @@ fn build_gateway(
     let limits = pipeline::RequestLimits {
         body_read_timeout: config.server.body_read_timeout.0,
         max_header_bytes: config.server.max_header_bytes,
-        bodies: http::BodyBudget::new(config.server.max_inflight_body_bytes),
+        bodies: http::BodyBudget::new(config.server.max_inflight_body_bytes, config.server.body_share()),
     };
     let gateway = Gateway::new(router, sink, stores, metrics.clone(), rate_limits.clone(), limits);
     (Arc::new(gateway.with_pollers(pollers.to_vec())), rate_limits)

@@ -117,7 +117,7 @@ mod tests {
 
     #[tokio::test]
     async fn bodies_hold_the_budget_until_answered_and_past_it_are_refused() {
-        let budget = BodyBudget::new(10);
+        let budget = BodyBudget::new(10, 2);
         let (a, held) = read_body(body(&[b"abc", b"def"]), None, 100, later(), own(&budget, 1)).await.unwrap();
         assert_eq!((&a[..], budget.available()), (&b"abcdef"[..], 4));
         // Declared: refused before a byte is read.

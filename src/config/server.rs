@@ -36,10 +36,21 @@ pub struct Server {
     /// Request-body bytes held at once by all connections together; past it the source's `retry_status`.
     #[serde(default = "default_max_inflight_body_bytes")]
     pub max_inflight_body_bytes: u64,
+    /// What one client's bodies together may hold of `max_inflight_body_bytes` (a client's only body excepted);
+    /// `0`: no per-client share. Absent: a quarter of the budget, filled in by `Config::validate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight_body_bytes_per_client: Option<u64>,
     #[serde(default = "default_http2_max_concurrent_streams")]
     pub http2_max_concurrent_streams: u32,
     #[serde(default = "default_20s")]
     pub drain_timeout: Dur,
+}
+
+impl Server {
+    /// What one client's bodies together may hold of the in-flight budget (`0`: no per-client share).
+    pub fn body_share(&self) -> u64 {
+        self.max_inflight_body_bytes_per_client.unwrap_or(self.max_inflight_body_bytes / 4)
+    }
 }
 
 impl Default for Server {
@@ -56,6 +67,7 @@ impl Default for Server {
             max_header_bytes: default_max_header_bytes(),
             idle_timeout: default_60s(),
             max_inflight_body_bytes: default_max_inflight_body_bytes(),
+            max_inflight_body_bytes_per_client: None,
             http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
             drain_timeout: default_20s(),
         }

@@ -48,6 +48,7 @@ fn defaults_match_the_spec() {
     assert_eq!(cfg.server.drain_timeout, Dur::secs(20));
     assert_eq!(cfg.server.idle_timeout, Dur::secs(60));
     assert_eq!(cfg.server.max_inflight_body_bytes, 268_435_456);
+    assert_eq!(cfg.server.max_inflight_body_bytes_per_client, Some(67_108_864), "a quarter, filled in");
     assert_eq!(cfg.server.http2_max_concurrent_streams, 32);
     assert_eq!(cfg.storage.spool_max_bytes, 1 << 30);
     assert_eq!(cfg.storage.cache_bytes, 4 << 20);
@@ -465,6 +466,22 @@ fn poller_mistakes_name_the_key() {
     assert!(err(no_auth).contains("`pollers.p.auth`: no authentication method"), "{}", err(no_auth));
     let two = format!("{}[pollers.q]\nsource = \"im\"\npath = \"/poll/p\"\naccount_id = \"a\"\nalias = \"a\"\npassword = \"x\"\nmerchant_id = \"m\"\nstore_id = \"s\"\nterminal_id = \"t\"\nunauthenticated = true\n", poller(""));
     assert!(err(&two).contains("is used by another poller"), "{}", err(&two));
+}
+
+#[test]
+fn a_clients_share_of_the_body_budget_is_a_quarter_or_at_most_the_budget() {
+    let cfg = |server: &str| Config::parse(&format!("[server]\n{server}{MINIMAL}")).and_then(Config::validate);
+    let quarter = cfg("max_inflight_body_bytes = 1048576\n").unwrap();
+    assert_eq!(
+        (quarter.server.max_inflight_body_bytes_per_client, quarter.server.body_share()),
+        (Some(262_144), 262_144)
+    );
+    let off = cfg("max_inflight_body_bytes_per_client = 0\n").unwrap();
+    assert_eq!(off.server.body_share(), 0, "0 turns it off");
+    assert!(off.to_redacted_toml().contains("max_inflight_body_bytes_per_client = 0"), "check-config prints it");
+    let e =
+        cfg("max_inflight_body_bytes = 65536\nmax_inflight_body_bytes_per_client = 65537\n").unwrap_err().to_string();
+    assert!(e.contains("`server.max_inflight_body_bytes_per_client`") && e.contains("at most"), "{e}");
 }
 
 #[test]

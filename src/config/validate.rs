@@ -23,6 +23,8 @@ impl Config {
         }
         self.validate_storage()?;
         self.validate_limits()?;
+        let budget = self.server.max_inflight_body_bytes;
+        self.server.max_inflight_body_bytes_per_client.get_or_insert(budget / 4);
         self.validate_rate_limits()?;
         if self.sources.is_empty() {
             return Err(ConfigError::key("sources", "no source is configured; add a [sources.NAME] table"));
@@ -170,6 +172,12 @@ impl Config {
         }
         if s.max_inflight_body_bytes < 65_536 {
             return Err(ConfigError::key("server.max_inflight_body_bytes", "must be at least 65536"));
+        }
+        if s.max_inflight_body_bytes_per_client.is_some_and(|n| n > s.max_inflight_body_bytes) {
+            return Err(ConfigError::key(
+                "server.max_inflight_body_bytes_per_client",
+                "must be at most server.max_inflight_body_bytes (0 turns the per-client share off)",
+            ));
         }
         for (key, d) in [
             ("server.tls_handshake_timeout", s.tls_handshake_timeout),

@@ -1,9 +1,10 @@
 //! `server.max_inflight_body_bytes`: request-body bytes held at once by every request together, taken as a
 //! `Content-Length` is announced or as chunks arrive, and given back when the request's event is stored or refused.
 //!
-//! Each client (its address as the rate limits count it: IPv4, or an IPv6 /64) holds at most a quarter of the
-//! budget with its bodies together; a body that is the client's only one may be as large as its source allows. So
-//! one address with slow bodies cannot hold the whole budget and turn every other client away `503 Server Busy`.
+//! Each client (its address as the rate limits count it: IPv4, or an IPv6 /64) holds at most its share of the
+//! budget with its bodies together (`server.max_inflight_body_bytes_per_client`, a quarter by default); a body that
+//! was the client's only one when it began may be as large as its source allows. So one address with slow bodies
+//! cannot hold the whole budget and turn every other client away `503 Server Busy`.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,9 +15,6 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::error::PipelineError;
 use crate::ratelimit::ClientKey;
 
-/// A client's bodies together hold at most 1/`CLIENT_SHARE` of the budget.
-pub const CLIENT_SHARE: u64 = 4;
-
 /// The budget, shared by every connection.
 #[derive(Clone, Debug)]
 pub struct BodyBudget {
@@ -26,7 +24,8 @@ pub struct BodyBudget {
 #[derive(Debug)]
 struct Inner {
     bytes: Arc<Semaphore>,
-    per_client: u64,
+    /// `None`: no per-client share.
+    per_client: Option<u64>,
     /// Bytes held per client; an entry lives while its client holds any, so there are at most as many as
     /// requests reading or holding a body.
     clients: Mutex<HashMap<ClientKey, u64>>,
@@ -40,12 +39,15 @@ pub struct BodyPermit {
     client: Option<ClientKey>,
     permit: Option<OwnedSemaphorePermit>,
     bytes: u64,
+    /// The client held nothing else when this body began: it may grow past the share.
+    alone: bool,
 }
 
 impl BodyBudget {
-    pub fn new(bytes: u64) -> BodyBudget {
+    /// A budget of `bytes`, of which one client's bodies together hold at most `per_client` (`0`: no share).
+    pub fn new(bytes: u64, per_client: u64) -> BodyBudget {
         let total = usize::try_from(bytes).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
-        let per_client = u64::try_from(total).unwrap_or(u64::MAX) / CLIENT_SHARE;
+        let per_client = (per_client > 0).then_some(per_client);
         let inner = Inner { bytes: Arc::new(Semaphore::new(total)), per_client, clients: Mutex::default() };
         BodyBudget { inner: Arc::new(inner) }
     }
@@ -62,7 +64,8 @@ impl BodyBudget {
 
     /// An empty permit for a body of `client`'s, grown as the body arrives ([`BodyPermit::grow`]).
     pub fn permit(&self, client: IpAddr) -> BodyPermit {
-        BodyPermit { budget: Some(self.inner.clone()), client: Some(ClientKey::of(client)), permit: None, bytes: 0 }
+        let client = self.inner.per_client.map(|_| ClientKey::of(client));
+        BodyPermit { budget: Some(self.inner.clone()), client, permit: None, bytes: 0, alone: false }
     }
 }
 
@@ -71,12 +74,16 @@ impl Inner {
         self.clients.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts `more` bytes to `key`, unless the client's other bodies (all it holds but `own`, this body's) and
-    /// this one would pass its share.
-    fn take_share(&self, key: ClientKey, own: u64, more: u64) -> Result<(), PipelineError> {
+    /// Counts `more` bytes of a body to `key`, unless they would take the client past its share — a body that
+    /// was the client's only one when it began (`alone`, decided at its first bytes) excepted.
+    fn take_share(&self, key: ClientKey, first: bool, alone: &mut bool, more: u64) -> Result<(), PipelineError> {
+        let share = self.per_client.unwrap_or(u64::MAX);
         let mut clients = self.lock();
         let held = clients.get(&key).copied().unwrap_or(0);
-        if held > own && held.saturating_add(more) > self.per_client {
+        if first {
+            *alone = held == 0;
+        }
+        if !*alone && held.saturating_add(more) > share {
             return Err(PipelineError::Overloaded);
         }
         clients.insert(key, held.saturating_add(more));
@@ -89,6 +96,10 @@ impl Inner {
             *held = held.saturating_sub(bytes);
             if *held == 0 {
                 clients.remove(&key);
+                // After a flood of addresses, give the map's room back once it is empty.
+                if clients.is_empty() && clients.capacity() > 1024 {
+                    clients.shrink_to(64);
+                }
             }
         }
     }
@@ -108,7 +119,7 @@ impl BodyPermit {
         };
         let count = u32::try_from(more).map_err(|_| PipelineError::Overloaded)?;
         if let Some(key) = self.client {
-            budget.take_share(key, self.bytes, more)?;
+            budget.take_share(key, self.bytes == 0, &mut self.alone, more)?;
         }
         let Ok(permit) = budget.bytes.clone().try_acquire_many_owned(count) else {
             if let Some(key) = self.client {
@@ -127,6 +138,9 @@ impl BodyPermit {
 
 impl Drop for BodyPermit {
     fn drop(&mut self) {
+        // The budget's bytes first, then the client's count: a body of the same client's never sees its share
+        // free while the budget is still held.
+        drop(self.permit.take());
         if let (Some(budget), Some(key)) = (&self.budget, self.client) {
             if self.bytes > 0 {
                 budget.give_share(key, self.bytes);
@@ -145,7 +159,7 @@ mod tests {
 
     #[test]
     fn a_client_holds_at_most_a_quarter_with_its_bodies_together() {
-        let budget = BodyBudget::new(100);
+        let budget = BodyBudget::new(100, 25);
         let mut alone = budget.permit(ip("192.0.2.1"));
         alone.grow(60).expect("a client's only body may pass its share");
         let mut second = budget.permit(ip("192.0.2.1"));
@@ -165,7 +179,7 @@ mod tests {
 
     #[test]
     fn an_ipv6_client_is_its_64_and_the_budget_still_bounds_all() {
-        let budget = BodyBudget::new(100);
+        let budget = BodyBudget::new(100, 25);
         let mut a = budget.permit(ip("2001:db8:1:2::1"));
         a.grow(20).expect("first");
         let mut b = budget.permit(ip("2001:db8:1:2:ffff::9"));
@@ -176,5 +190,24 @@ mod tests {
         assert!(matches!(d.grow(1), Err(PipelineError::Overloaded)), "the budget is full");
         assert_eq!(budget.clients(), 2);
         assert!(BodyPermit::default().grow(1 << 40).is_ok(), "a permit of no budget holds nothing");
+    }
+
+    /// Whether a body may pass the share is decided when it begins: a streamed body that began alone keeps
+    /// growing when another of its client's joins, and the other is held to the share.
+    #[test]
+    fn a_body_that_began_alone_keeps_growing_and_a_share_of_0_is_none() {
+        let budget = BodyBudget::new(100, 25);
+        let mut first = budget.permit(ip("192.0.2.1"));
+        first.grow(10).expect("alone");
+        let mut joined = budget.permit(ip("192.0.2.1"));
+        joined.grow(10).expect("10 + 10 within the share");
+        first.grow(60).expect("began alone: as large as its source allows");
+        assert!(matches!(joined.grow(11), Err(PipelineError::Overloaded)), "held to the share");
+        assert_eq!(budget.available(), 100 - 60 - 10);
+        let unshared = BodyBudget::new(100, 0);
+        let (mut a, mut b) = (unshared.permit(ip("192.0.2.1")), unshared.permit(ip("192.0.2.1")));
+        a.grow(60).expect("no share");
+        b.grow(40).expect("no share: only the budget");
+        assert_eq!((unshared.available(), unshared.clients()), (0, 0));
     }
 }

@@ -46,12 +46,18 @@ fn gateway(dir: &std::path::Path, sink: Arc<dyn Sink>) -> Gateway {
     let reading = RequestLimits {
         body_read_timeout: config.server.body_read_timeout.0,
         max_header_bytes: config.server.max_header_bytes,
-        bodies: crate::http::BodyBudget::new(config.server.max_inflight_body_bytes),
+        bodies: crate::http::BodyBudget::new(config.server.max_inflight_body_bytes, config.server.body_share()),
     };
     Gateway::new(crate::router::Router::new(sources), sink, stores, metrics, limits, reading)
 }
 
 async fn post(gw: &Gateway, n: usize) -> (u16, String, Duration) {
+    // Each delivery from a client of its own: the global budget is the subject, not a client's share.
+    post_from(gw, n, u8::try_from(n).expect("a few deliveries")).await
+}
+
+/// Delivery `n` from client 127.0.0.`client`.
+async fn post_from(gw: &Gateway, n: usize, client: u8) -> (u16, String, Duration) {
     let head = format!(r#"{{"event":"e{n}","pad":""#);
     let body = format!("{head}{}\"}}", "x".repeat(BODY - head.len() - 2));
     assert_eq!(body.len(), BODY);
@@ -61,8 +67,6 @@ async fn post(gw: &Gateway, n: usize) -> (u16, String, Duration) {
         .body(Full::new(Bytes::from(body)))
         .expect("request");
     let started = Instant::now();
-    // Each delivery from a client of its own: the global budget is this test's subject, not a client's share.
-    let client = u8::try_from(n).expect("a few deliveries");
     let answer: Response<Full<Bytes>> = gw.handle(req, Peer::plain(([127, 0, 0, client], 4000).into())).await;
     let status = answer.status().as_u16();
     let text = answer.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -97,5 +101,28 @@ async fn a_store_that_outlives_its_answer_keeps_its_body_in_the_inflight_budget(
     while gw.reading.bodies.available() < 65_536 && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(gw.reading.bodies.available(), 65_536);
+    assert_eq!((gw.reading.bodies.available(), gw.reading.bodies.clients()), (65_536, 0));
+}
+
+/// A store that outlives its answer keeps its client's share too: that client's next body, over its share
+/// (16,384 bytes: a quarter), is turned away at once; another client's still fits the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_store_holds_its_clients_share() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let gate = Arc::new(Semaphore::new(0));
+    let gw = Arc::new(gateway(dir.path(), Arc::new(Stuck(gate.clone()))));
+    let (status, reason, _) = post_from(&gw, 1, 7).await;
+    assert_eq!((status, reason.as_str()), (503, "Store Unavailable"), "its only body: past the share is allowed");
+    let (status, reason, took) = post_from(&gw, 2, 7).await;
+    assert_eq!((status, reason.as_str()), (503, "Server Busy"));
+    assert!(took < Duration::from_millis(500), "turned away at once: {took:?}");
+    let (status, reason, _) = post_from(&gw, 3, 8).await;
+    assert_eq!((status, reason.as_str()), (503, "Store Unavailable"), "another client's body was read");
+    assert_eq!((gw.reading.bodies.available(), gw.reading.bodies.clients()), (65_536 - 2 * BODY, 2));
+    gate.add_permits(2);
+    let until = Instant::now() + Duration::from_secs(5);
+    while gw.reading.bodies.clients() > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((gw.reading.bodies.available(), gw.reading.bodies.clients()), (65_536, 0));
 }
