@@ -117,11 +117,7 @@ async fn slow_body(addr: std::net::SocketAddr, from: String) -> Option<(String, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_unauthenticated_bodies_are_held_to_the_inflight_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = unique("hookgate-inflight");
-    let config = proc_config_server(dir.path(), &exchange, &amqp_url(), &budget_server(), SIG, "");
-    let gw = crate::support::Proc::spawn(&config).await;
-    let mut q = Queue::bind(&exchange, "#").await;
+    let (_dir, exchange, gw, mut q) = budget_gateway("hookgate-inflight").await;
     let body = br#"{"event":"legit"}"#;
     let headers = signed(body);
     let warm = gw
@@ -166,11 +162,7 @@ async fn slow_unauthenticated_bodies_are_held_to_the_inflight_budget() {
 /// so another client's 1 MiB delivery is stored, not turned away `503 Server Busy`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_holds_at_most_a_quarter_of_the_inflight_budget() {
-    let dir = tempfile::tempdir().unwrap();
-    let exchange = unique("hookgate-share");
-    let config = proc_config_server(dir.path(), &exchange, &amqp_url(), &budget_server(), SIG, "");
-    let gw = crate::support::Proc::spawn(&config).await;
-    let mut q = Queue::bind(&exchange, "#").await;
+    let (_dir, exchange, gw, mut q) = budget_gateway("hookgate-share").await;
     let attacker: Vec<_> = (0..8).map(|_| tokio::spawn(slow_body(gw.client.addr, "192.0.2.9".into()))).collect();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let mut body = br#"{"event":"big","pad":""#.to_vec();
@@ -194,6 +186,17 @@ async fn one_client_holds_at_most_a_quarter_of_the_inflight_budget() {
     q.close().await;
     drop(gw);
     delete_exchange(&exchange).await;
+}
+
+/// A real gateway for the budget tests (`budget_server`, the `SIG` source) on an exchange of its own, and a queue
+/// bound to it; the temp dir must live as long as the gateway.
+async fn budget_gateway(name: &str) -> (tempfile::TempDir, String, crate::support::Proc, Queue) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique(name);
+    let config = proc_config_server(dir.path(), &exchange, &amqp_url(), &budget_server(), SIG, "");
+    let gw = crate::support::Proc::spawn(&config).await;
+    let q = Queue::bind(&exchange, "#").await;
+    (dir, exchange, gw, q)
 }
 
 /// `[server]` of the budget tests: the 8.5 MiB budget, a 5 s body timeout, loopback the trusted proxy.
