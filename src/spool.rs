@@ -111,6 +111,9 @@ struct Inner {
     /// The next seq when the spool was opened: every record below it was held at start (the start-up replay's end).
     opened_at: u64,
     poisoned: AtomicBool,
+    /// The undrained bytes when an append last found no room (`u64::MAX`: never): the spool takes no event of that
+    /// size until the drainer has freed some (`can_take`, so `/readyz`).
+    refused_at: AtomicU64,
     /// Every record with a smaller seq is durable.
     synced: AtomicU64,
     /// Wakes the drainer when records arrive (once per group commit).
@@ -182,6 +185,7 @@ impl Spool {
             front: AtomicU64::new(front),
             opened_at: next_seq,
             poisoned: AtomicBool::new(false),
+            refused_at: AtomicU64::new(u64::MAX),
             synced: AtomicU64::new(next_seq),
             arrived: Notify::new(),
             writes: AtomicU64::new(0),
@@ -214,9 +218,13 @@ impl Spool {
         self.len() == 0
     }
 
-    /// Whether an append could succeed now (for `/readyz`).
+    /// Whether an append could succeed now (for `/readyz`): not poisoned, under `spool_max_bytes`, and, since an
+    /// append last found no room, below what the spool held then (the drainer has freed some).
     pub fn can_take(&self) -> bool {
-        !self.inner.poisoned.load(Ordering::Acquire) && self.bytes() < self.inner.max_bytes
+        let bytes = self.bytes();
+        !self.inner.poisoned.load(Ordering::Acquire)
+            && bytes < self.inner.max_bytes
+            && bytes < self.inner.refused_at.load(Ordering::Acquire)
     }
 
     /// Appends `event` and returns once it is durable. The record is written and fsynced by the writer thread,

@@ -150,6 +150,7 @@ impl Inner {
         let len = format::record_len(plain.len(), encrypted);
         let pending = chunk.buf.len() as u64;
         if st.bytes + pending + len > self.max_bytes {
+            self.refused_at.store(st.bytes, Ordering::Release);
             return Err(SpoolError::Full);
         }
         let used = st.active.as_ref().map(|a| a.len + pending);

@@ -52,9 +52,12 @@ async fn a_full_spool_answers_503_and_loses_nothing() {
     assert!(bytes > 3000.0 && bytes <= 4096.0, "{bytes}");
     let full = gw.metric("hookgate_posting_errors_total{reason=\"spool_full\",source=\"generic\"}").await;
     assert_eq!(full, refused.len() as f64);
+    // SPEC §7: ready "when the broker or the spool can take events" — neither can now.
+    assert_eq!(gw.admin_get("/readyz").await.0, 503, "a full spool and no broker: not ready");
     proxy.restore().await;
     assert_eq!(drain_queue(&mut q, stored.len()).await, stored, "every stored event, in order");
     gw.wait_metric("hookgate_spool_events", 0.0).await;
+    assert_eq!(gw.admin_get("/readyz").await.0, 200, "ready again");
     // The providers retry what was refused: now stored, each once.
     for body in &refused {
         assert_eq!(gw.post("/webhooks/generic", &JSON, body).await.reason, "Stored");
