@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use base64::Engine;
 
-use crate::support::{amqp_url, base_config, delete_exchange, proc_config, Gateway, Opts, Proc, Proxy, GENERIC, JSON};
+use crate::support::{amqp_url, base_config, delete_exchange, proc_config, Gateway, Opts, Proc, Proxy, JSON};
 
-const SOURCES: &str = GENERIC;
+/// The generic source, and a Tyro one (its retry status is 500: Tyro retries only a timeout or a 500).
+const SOURCES: &str = concat!(
+    "[sources.generic]\npreset = \"generic\"\nunauthenticated = true\n",
+    "[sources.tyro]\npreset = \"tyro\"\npath = \"/webhooks/tyro\"\nunauthenticated = true\n"
+);
 
 async fn down_gateway(storage: &str, env: HashMap<String, String>) -> (Proxy, Gateway) {
     down_gateway_opts(Opts { storage: storage.to_string(), ..Opts::default() }, env).await
@@ -52,6 +56,11 @@ async fn a_full_spool_answers_503_and_loses_nothing() {
     assert!(bytes > 3000.0 && bytes <= 4096.0, "{bytes}");
     let full = gw.metric("hookgate_posting_errors_total{reason=\"spool_full\",source=\"generic\"}").await;
     assert_eq!(full, refused.len() as f64);
+    // SPEC §2: the status that asks a provider to retry is its source's (`tyro`: 500). A larger body than the
+    // ones refused, so it cannot fit either.
+    let tyro = format!(r#"{{"event":"paid","transactionId":"full","pad":"{}"}}"#, "x".repeat(200));
+    let r = gw.post("/webhooks/tyro", &JSON, tyro.as_bytes()).await;
+    assert_eq!((r.status, r.reason.as_str()), (500, "Store Unavailable"));
     // SPEC §7: ready "when the broker or the spool can take events" — neither can now.
     assert_eq!(gw.admin_get("/readyz").await.0, 503, "a full spool and no broker: not ready");
     proxy.restore().await;
