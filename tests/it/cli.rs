@@ -153,6 +153,28 @@ bearer = { jwks_file = "internal-jwks.json", audience = "hookgate" }
     assert!(stdout.contains(bearer) && !stdout.contains("issuer"), "no issuer is made up:\n{stdout}");
 }
 
+/// `run` is the default command, and a start that fails for anything but the configuration (here: the public port
+/// is taken) exits 1 (SPEC §6), naming what failed.
+#[test]
+fn run_is_the_default_command_and_a_failed_start_exits_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("taken.toml");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\ndata_dir = \"{}\"\n\
+         [logging]\nformat = \"text\"\n{}",
+        dir.path().join("data").display(),
+        crate::support::GENERIC
+    );
+    std::fs::write(&path, text).unwrap();
+    let (code, out, err) = hookgate(&["--config", path.to_str().unwrap()]);
+    let said = format!("{out}{err}");
+    assert_eq!(code, 1, "{said}");
+    assert!(said.contains("cannot bind") && said.contains(&format!("server.listen 127.0.0.1:{port}")), "{said}");
+    drop(taken);
+}
+
 #[test]
 fn usage_errors_exit_64() {
     assert_eq!(hookgate(&["run"]).0, 64);

@@ -168,6 +168,21 @@ async fn sigterm_while_starting_exits_0_at_once() {
     delete_exchange(&exchange).await;
 }
 
+/// SPEC §5: `SIGINT` drains as `SIGTERM` does: `/readyz` 503 at once, exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_drains_and_exits_0() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let exchange = unique("hookgate-test-sigint");
+    let path = proc_config(dir.path(), &exchange, &amqp_url(), GENERIC, "");
+    let mut p = Proc::spawn(&path).await;
+    p.signal("INT");
+    assert_eq!(p.wait_exit(Duration::from_secs(10)).await, Some(0), "{}", p.output());
+    let out = p.output();
+    assert!(out.contains("shutdown requested; draining") && out.contains("SIGINT"), "{out}");
+    assert!(out.contains("hookgate stopped"), "{out}");
+    delete_exchange(&exchange).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_task_that_stops_shuts_the_gateway_down_and_is_named() {
     let shutdown = CancellationToken::new();

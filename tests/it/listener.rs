@@ -136,3 +136,16 @@ async fn oversized_headers_get_431() {
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     gw.stop().await;
 }
+
+/// SPEC §5: `/metrics`, `/healthz`, `/readyz` are on the admin listener, never on the public port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_paths_are_never_served_on_the_public_port() {
+    let gw = Gateway::start_full("", SOURCES, &amqp_url(), HashMap::new()).await;
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let r = gw.request("GET", path, &[], b"").await;
+        assert_eq!((r.status, r.reason.as_str()), (404, "Not Found"), "public {path}");
+        assert!(!String::from_utf8_lossy(&r.body).contains("hookgate_"), "public {path} leaks no metric");
+        assert_eq!(gw.admin_get(path).await.0, 200, "admin {path}");
+    }
+    gw.stop().await;
+}
