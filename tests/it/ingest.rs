@@ -75,6 +75,29 @@ fn assert_cloudevent(m: &Message, source: &str, kind: &str, id: &str, subject: O
     assert_eq!(m.header("cloudEvents_outoforder"), None);
 }
 
+/// An event answered `200 Stored` from the spool during an outage is published later with every attribute of
+/// SPEC §4, as a direct publish would be: the receipt time as `timestamp`, the provider's time, subject, type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_spooled_in_an_outage_is_published_with_every_attribute() {
+    let proxy = crate::support::Proxy::start().await;
+    let gw = Gateway::start_opts(SOURCES, &proxy.url(), Default::default(), Default::default()).await;
+    gw.wait_ready().await;
+    let mut q = gw.queue("#").await;
+    proxy.cut();
+    gw.wait_metric("hookgate_broker_connected", 0.0).await;
+    let body = fixture("prepaid-card-purchase.json");
+    let r = gw.post("/webhooks/card", &[("content-type", "application/json")], &body).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    assert_eq!(gw.metric("hookgate_spool_events").await, 1.0, "answered from the spool");
+    proxy.restore().await;
+    let m = q.exactly_one(WAIT).await;
+    let id = "967297ae-e208-4268-a0ea-e1bea1d1b75d";
+    assert_cloudevent(&m, "card", "transaction.purchase", id, Some(id), "application/json", &body);
+    assert_eq!(m.text("cloudEvents_time").as_deref(), Some("2025-04-18T14:55:28Z"));
+    q.close().await;
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepaid_card_transaction_sample() {
     let (gw, mut q) = gateway().await;
