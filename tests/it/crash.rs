@@ -96,6 +96,7 @@ async fn crash_and_restart(spooled: bool) {
     let got = collect(&mut q).await;
     let lost: Vec<_> = acked.iter().filter(|b| !got.contains_key(*b)).collect();
     assert!(lost.is_empty(), "{} acknowledged events lost\n{}", lost.len(), second.output());
+    assert!(!second.output().contains("UNENCRYPTED"), "a spool key is set: no warning\n{}", second.output());
     let all: BTreeSet<_> = acked.iter().chain(&unacked).collect();
     assert!(all.iter().all(|b| got.contains_key(*b)), "a retried event is missing");
     let duplicates: usize = got.values().map(|n| n - 1).sum();

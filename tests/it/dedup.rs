@@ -185,7 +185,18 @@ async fn instamed_settlement_before_approval_flags_the_approval() {
             assert_eq!(m.header("cloudEvents_outoforder"), None);
         }
     }
-    assert_eq!(gw.metric("hookgate_out_of_order_total{source=\"instamed\"}").await, 1.0);
+    // Rank alone (SPEC §3: "or whose rank is below"): an approval dated after the settlement is still late.
+    let event = |status: &str, date: &str| {
+        format!(r#"{{"TransactionID":"OOO-2","TransactionStatus":"{status}","TransactionDate":"{date}"}}"#)
+    };
+    for (status, date, late) in
+        [("Settlement", "2024-05-02T00:00:00Z", false), ("Approved", "2024-05-04T00:00:00Z", true)]
+    {
+        let r = gw.post("/webhooks/instamed", &hdrs, event(status, date).as_bytes()).await;
+        assert_eq!((r.status, r.reason.as_str()), (200, "Stored"), "{status}");
+        assert_eq!(flagged(&q.exactly_one(WAIT).await), late, "{status} by rank");
+    }
+    assert_eq!(gw.metric("hookgate_out_of_order_total{source=\"instamed\"}").await, 2.0);
     q.close().await;
     gw.stop().await;
 }

@@ -180,6 +180,8 @@ async fn sigint_drains_and_exits_0() {
     let out = p.output();
     assert!(out.contains("shutdown requested; draining") && out.contains("SIGINT"), "{out}");
     assert!(out.contains("hookgate stopped"), "{out}");
+    // SPEC §5: without a spool key "the gateway warns at every start".
+    assert!(out.contains("WARN") && out.contains("the spool is written UNENCRYPTED"), "{out}");
     delete_exchange(&exchange).await;
 }
 

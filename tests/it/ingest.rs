@@ -98,6 +98,27 @@ async fn an_event_spooled_in_an_outage_is_published_with_every_attribute() {
     gw.stop().await;
 }
 
+/// SPEC §5's default `max_body_bytes` (1048576), end to end on a source that does not set it: a body of exactly
+/// that size is stored, one byte more is `413`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_body_cap_is_one_mebibyte() {
+    let (gw, mut q) = gateway().await;
+    let body = |len: usize| {
+        let mut b = br#"{"TransactionId":"cap-1","MessageType":"0200","TransactionCode":"PP80DS","Pad":""#.to_vec();
+        b.resize(len - 2, b'x');
+        b.extend_from_slice(b"\"}");
+        b
+    };
+    let hdrs = [("content-type", "application/json")];
+    let r = gw.post("/webhooks/card", &hdrs, &body(1_048_577)).await;
+    assert_eq!((r.status, r.reason.as_str()), (413, "Payload Too Large"));
+    let r = gw.post("/webhooks/card", &hdrs, &body(1_048_576)).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    assert_eq!(q.exactly_one(WAIT).await.body.len(), 1_048_576);
+    q.close().await;
+    gw.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepaid_card_transaction_sample() {
     let (gw, mut q) = gateway().await;
@@ -184,6 +205,13 @@ async fn tyro_by_post_and_by_get() {
     let r = gw.request("DELETE", "/tyro/tx-77/rejected", &[("sessionKey", "tyro-session")], b"").await;
     assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
     assert_eq!(q.exactly_one(WAIT).await.routing_key, "tyro.healthfundrejectedinvoice");
+    // PUT, the fourth of Tyro's methods (SPEC §1), with a JSON body: published as sent.
+    let put = br#"{"note":"by put"}"#;
+    let hdrs = [("sessionKey", "tyro-session"), ("content-type", "application/json")];
+    let r = gw.request("PUT", "/tyro/tx-80/approved", &hdrs, put).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    let m = q.exactly_one(WAIT).await;
+    assert_eq!((m.routing_key.as_str(), m.body.as_slice()), ("tyro.healthfundapprovedinvoice", &put[..]));
 
     // Tyro sends the headers a client asked for with every webhook: a body-less GET that names a content type is
     // still body-less (published as its path and query), while an empty POST is a body that does not parse.

@@ -48,6 +48,30 @@ async fn an_event_no_queue_is_bound_for_is_stored_in_the_alternate_exchange_and_
     gw.stop().await;
 }
 
+/// `broker.alternate_exchange` names the fanout alternate exchange and its durable queue (SPEC §4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_alternate_exchange_keeps_the_unroutable_event_in_its_queue() {
+    let exchange = unique("hookgate-test");
+    let ae = format!("{exchange}-lost-and-found");
+    let broker_keys = format!("alternate_exchange = \"{ae}\"\n");
+    let opts = Opts { exchange: Some(exchange.clone()), broker: broker_keys, ..Opts::default() };
+    let gw = Gateway::start_opts(GENERIC, &amqp_url(), HashMap::new(), opts).await;
+    let r = gw.post("/webhooks/generic", &JSON, br#"{"event":"named.ae"}"#).await;
+    assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
+    let mut kept = Queue::consume(&ae).await;
+    assert_eq!(kept.exactly_one(Duration::from_secs(5)).await.routing_key, "generic.named.ae");
+    gw.wait_metric(UNROUTABLE, 1.0).await;
+    kept.close().await;
+    gw.stop().await;
+    let conn = broker().await;
+    if let Ok(ch) = conn.create_channel().await {
+        let _ = ch.exchange_delete(ae.as_str().into(), Default::default()).await;
+        let _ = ch.queue_delete(ae.as_str().into(), Default::default()).await;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    delete_exchange(&exchange).await;
+}
+
 /// The type of the existing durable queue `name`: RabbitMQ accepts a declare naming its type (`x-queue-type`) and
 /// refuses any other with PRECONDITION_FAILED.
 async fn queue_type(name: &str) -> &'static str {
