@@ -23,8 +23,7 @@ impl Config {
         }
         self.validate_storage()?;
         self.validate_limits()?;
-        let budget = self.server.max_inflight_body_bytes;
-        self.server.max_inflight_body_bytes_per_client.get_or_insert(budget / 4);
+        self.server.max_inflight_body_bytes_per_client = Some(self.server.body_share());
         self.validate_rate_limits()?;
         if self.sources.is_empty() {
             return Err(ConfigError::key("sources", "no source is configured; add a [sources.NAME] table"));

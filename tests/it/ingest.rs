@@ -91,9 +91,7 @@ async fn an_event_spooled_in_an_outage_is_published_with_every_attribute() {
     assert_eq!(gw.metric("hookgate_spool_events").await, 1.0, "answered from the spool");
     proxy.restore().await;
     let m = q.exactly_one(WAIT).await;
-    let id = "967297ae-e208-4268-a0ea-e1bea1d1b75d";
-    assert_cloudevent(&m, "card", "transaction.purchase", id, Some(id), "application/json", &body);
-    assert_eq!(m.text("cloudEvents_time").as_deref(), Some("2025-04-18T14:55:28Z"));
+    assert_card_purchase(&m, &body);
     q.close().await;
     gw.stop().await;
 }
@@ -119,6 +117,13 @@ async fn the_default_body_cap_is_one_mebibyte() {
     gw.stop().await;
 }
 
+/// The message of the card processor's published sample (`prepaid-card-purchase.json`), posted to `card`.
+fn assert_card_purchase(m: &Message, body: &[u8]) {
+    let id = "967297ae-e208-4268-a0ea-e1bea1d1b75d";
+    assert_cloudevent(m, "card", "transaction.purchase", id, Some(id), "application/json", body);
+    assert_eq!(m.text("cloudEvents_time").as_deref(), Some("2025-04-18T14:55:28Z"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepaid_card_transaction_sample() {
     let (gw, mut q) = gateway().await;
@@ -126,9 +131,7 @@ async fn prepaid_card_transaction_sample() {
     let r = gw.post("/webhooks/card", &[("content-type", "application/json")], &body).await;
     assert_eq!((r.status, r.reason.as_str()), (200, "Stored"));
     let m = q.exactly_one(WAIT).await;
-    let id = "967297ae-e208-4268-a0ea-e1bea1d1b75d";
-    assert_cloudevent(&m, "card", "transaction.purchase", id, Some(id), "application/json", &body);
-    assert_eq!(m.text("cloudEvents_time").as_deref(), Some("2025-04-18T14:55:28Z"));
+    assert_card_purchase(&m, &body);
     assert_eq!(gw.metric("hookgate_events_total{source=\"card\",type=\"transaction.purchase\"}").await, 1.0);
     assert_eq!(gw.metric("hookgate_requests_total{code=\"200\",source=\"card\"}").await, 1.0);
     q.close().await;

@@ -52,7 +52,9 @@ async fn an_event_no_queue_is_bound_for_is_stored_in_the_alternate_exchange_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_alternate_exchange_keeps_the_unroutable_event_in_its_queue() {
     let exchange = unique("hookgate-test");
-    let ae = format!("{exchange}-lost-and-found");
+    // `<name>.unrouted` for a `name` of its own, so that `delete_exchange(name)` removes it and its queue.
+    let named = format!("{exchange}-named");
+    let ae = format!("{named}.unrouted");
     let broker_keys = format!("alternate_exchange = \"{ae}\"\n");
     let opts = Opts { exchange: Some(exchange.clone()), broker: broker_keys, ..Opts::default() };
     let gw = Gateway::start_opts(GENERIC, &amqp_url(), HashMap::new(), opts).await;
@@ -63,12 +65,7 @@ async fn a_named_alternate_exchange_keeps_the_unroutable_event_in_its_queue() {
     gw.wait_metric(UNROUTABLE, 1.0).await;
     kept.close().await;
     gw.stop().await;
-    let conn = broker().await;
-    if let Ok(ch) = conn.create_channel().await {
-        let _ = ch.exchange_delete(ae.as_str().into(), Default::default()).await;
-        let _ = ch.queue_delete(ae.as_str().into(), Default::default()).await;
-    }
-    let _ = conn.close(200, "done".into()).await;
+    delete_exchange(&named).await;
     delete_exchange(&exchange).await;
 }
 
